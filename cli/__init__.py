@@ -1,0 +1,237 @@
+"""The `imgsearch` command: parses arguments, calls the packages, formats their answers.
+
+Every error a user can cause or meet (Elasticsearch unreachable, an index missing, a bad file) ends as one
+line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from crawler.config import load_settings
+
+logger = logging.getLogger("imgsearch")
+
+
+class CliError(Exception):
+    """A problem to report to the user in one line, with exit status 2."""
+
+
+def _settings(args: argparse.Namespace, **extra):
+    overrides = {"IMGSEARCH_INDEX": getattr(args, "index", None), **extra}
+    return load_settings(overrides)
+
+
+def _client(settings):
+    from index_setup.client import es_client
+
+    return es_client(settings)
+
+
+def _check_cluster(client, settings) -> dict:
+    from index_setup.client import ClusterError, cluster_info
+
+    try:
+        return cluster_info(client, settings)
+    except ClusterError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _local_node(settings, args: argparse.Namespace | None = None):
+    from index_setup.local_node import LocalNode
+
+    port = getattr(args, "port", None) or settings.getint("IMGSEARCH_ES_PORT")
+    return LocalNode(settings.get("IMGSEARCH_CACHE_DIR"), port=port, heap=settings.get("IMGSEARCH_ES_HEAP"),
+                     distribution=getattr(args, "distribution", None))
+
+
+def ensure_local_node(settings) -> str:
+    """Start the local node unless ES_URL names a cluster; returns the URL in use (for display)."""
+    from index_setup.client import display_url
+    from index_setup.local_node import NodeError
+
+    if settings.get("ES_URL"):
+        return display_url(settings)
+    try:
+        return _local_node(settings).start().url
+    except NodeError as exc:
+        raise CliError(str(exc)) from exc
+
+
+# -- es ---------------------------------------------------------------------------------------------------------
+def cmd_es_start(args: argparse.Namespace) -> int:
+    from index_setup.client import display_url
+    from index_setup.local_node import NodeError
+
+    settings = _settings(args, IMGSEARCH_ES_PORT=args.port)
+    if settings.get("ES_URL"):
+        info = _check_cluster(_client(settings), settings)
+        print(f"Using the cluster at {display_url(settings)} (ES_URL): Elasticsearch {info['version']}, "
+              f"health {info['status']}; nothing started.")
+        return 0
+    node = _local_node(settings, args)
+    started = time.monotonic()
+    try:
+        status = node.start()
+    except NodeError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"Elasticsearch {status.version} at {status.url}, health {status.health} "
+          f"(pid {status.pid}, {time.monotonic() - started:.1f} s; files in {node.node_dir})")
+    return 0
+
+
+def cmd_es_stop(args: argparse.Namespace) -> int:
+    settings = _settings(args, IMGSEARCH_ES_PORT=args.port)
+    if settings.get("ES_URL"):
+        print("ES_URL is set: that cluster is not managed here; nothing stopped.")
+        return 0
+    node = _local_node(settings, args)
+    print(f"Stopped Elasticsearch at {node.url}." if node.stop() else f"No local Elasticsearch at {node.url}.")
+    return 0
+
+
+def cmd_es_status(args: argparse.Namespace) -> int:
+    settings = _settings(args, IMGSEARCH_ES_PORT=args.port)
+    if settings.get("ES_URL"):
+        info = _check_cluster(_client(settings), settings)
+        print(f"{info['url']}: Elasticsearch {info['version']}, cluster {info['cluster_name']}, "
+              f"health {info['status']}, {info['number_of_nodes']} node(s)")
+        return 0
+    status = _local_node(settings, args).status()
+    if not status.running:
+        print(f"No local Elasticsearch running at {status.url} (start it with `imgsearch es start`).")
+        return 1
+    print(f"{status.url}: Elasticsearch {status.version}, health {status.health}, pid {status.pid}")
+    return 0
+
+
+# -- index ------------------------------------------------------------------------------------------------------
+def cmd_index_create(args: argparse.Namespace) -> int:
+    from index_setup.indices import IndexConflict, ensure_indices
+
+    settings = _settings(args)
+    client = _client(settings)
+    _check_cluster(client, settings)
+    try:
+        outcome = ensure_indices(client, settings.get("IMGSEARCH_INDEX"),
+                                 model=settings.get("IMGSEARCH_IMAGE_MODEL"),
+                                 shards=settings.getint("IMGSEARCH_SHARDS"),
+                                 replicas=settings.getint("IMGSEARCH_REPLICAS"))
+    except IndexConflict as exc:
+        raise CliError(str(exc)) from exc
+    for name, what in outcome.items():
+        print(f"{name}: {what}")
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from index_setup.indices import index_info
+
+    settings = _settings(args)
+    client = _client(settings)
+    _check_cluster(client, settings)
+    rows = index_info(client, settings.get("IMGSEARCH_INDEX"))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if row["index"] is None:
+            print(f"{row['alias']}: missing (create it with `imgsearch index create`)")
+            continue
+        meta = row["meta"]
+        extra = f", model {meta['model']}, {meta['dims']} dims" if meta.get("model") else ""
+        print(f"{row['alias']} -> {row['index']}: {row['docs']} documents, {row['size_bytes'] / 1e6:.1f} MB, "
+              f"schema v{meta.get('schema_version')}{extra}")
+    return 0
+
+
+def cmd_index_delete(args: argparse.Namespace) -> int:
+    from index_setup.indices import delete_indices
+
+    settings = _settings(args)
+    alias = settings.get("IMGSEARCH_INDEX")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"refusing to delete {alias} and {alias}-sources without --yes")
+        if input(f"Delete {alias} and {alias}-sources with all their documents? [y/N] ").strip().lower() != "y":
+            return 1
+    client = _client(settings)
+    _check_cluster(client, settings)
+    deleted = delete_indices(client, alias)
+    print(f"Deleted {', '.join(deleted)}." if deleted else f"No index behind {alias}.")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------------------
+def _add_index_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", help="image index alias (default: IMGSEARCH_INDEX, my-image-embeddings); "
+                                        "the sources index is this name plus -sources")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgsearch", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    es = commands.add_parser("es", help="the local Elasticsearch node").add_subparsers(dest="es", required=True)
+    for name, func, text in (("start", cmd_es_start, "start (or reuse) the local node; no-op with ES_URL"),
+                             ("stop", cmd_es_stop, "stop the local node"),
+                             ("status", cmd_es_status, "URL, version and health")):
+        sub = es.add_parser(name, help=text)
+        sub.add_argument("--port", type=int, help="HTTP port of the local node (default IMGSEARCH_ES_PORT, 9200)")
+        if name == "start":
+            sub.add_argument("--distribution", metavar="PATH",
+                             help="an official Elasticsearch 8.x archive (.tar.gz/.zip) or unpacked folder "
+                                  "to run instead of the pinned download")
+        sub.set_defaults(func=func)
+
+    index = commands.add_parser("index", help="the image and sources indices").add_subparsers(
+        dest="index_command", required=True)
+    for name, func, text in (("create", cmd_index_create, "create both indices (no-op when they exist)"),
+                             ("info", cmd_index_info, "documents, size and schema of both indices"),
+                             ("delete", cmd_index_delete, "delete both indices")):
+        sub = index.add_parser(name, help=text)
+        _add_index_arg(sub)
+        if name == "info":
+            sub.add_argument("--json", action="store_true")
+        if name == "delete":
+            sub.add_argument("--yes", action="store_true", help="do not ask")
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    # The transport logs each retried connection with a traceback; our own message says it in one line.
+    for noisy in ("elastic_transport", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        print(f"imgsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        import elastic_transport
+        import elasticsearch
+
+        if not isinstance(exc, (elastic_transport.TransportError, elasticsearch.ApiError)):
+            raise
+        from index_setup.client import describe_error
+
+        print(f"imgsearch: error: {describe_error(exc, load_settings())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The one item that flows through the pipeline: an image URL found on a page, filled in stage by stage."""
+
+from __future__ import annotations
+
+import scrapy
+
+
+class ImageItem(scrapy.Item):
+    # Found by the spider (crawler.extract).
+    page_url = scrapy.Field()
+    page_title = scrapy.Field()
+    alt_text = scrapy.Field()
+    image_url = scrapy.Field()
+    # Filled by the fetch stage (pipelines.fetch).
+    image_id = scrapy.Field()  # SHA-256 of the image bytes, also the image document id
+    image_name = scrapy.Field()  # file name from the URL path
+    relative_path = scrapy.Field()  # where the original bytes are kept, inside FILES_STORE
+    width = scrapy.Field()
+    height = scrapy.Field()
+    format = scrapy.Field()  # Pillow format name, lower case: jpeg, png, gif, webp, bmp, tiff
+    bytes = scrapy.Field()
+    known = scrapy.Field()  # True when the image is already indexed: embedding and the image write are skipped
+    # Decoded, shrunk RGB image handed from fetch to embed; removed as soon as it is embedded.
+    image = scrapy.Field()
+    # Filled by the embed stage (pipelines.embedding).
+    image_embedding = scrapy.Field()  # L2-normalised float32 vector
+    model = scrapy.Field()

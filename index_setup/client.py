@@ -1,0 +1,119 @@
+"""Elasticsearch clients built from the settings, and error messages that never carry credentials."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import elastic_transport
+import elasticsearch
+from elasticsearch import AsyncElasticsearch, Elasticsearch
+from scrapy.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterError(Exception):
+    """Elasticsearch cannot be used (unreachable, credentials refused, certificate untrusted)."""
+
+
+def es_urls(settings: Settings) -> list[str]:
+    """The cluster's node URLs: ES_URL (comma-separated), else the local node of `imgsearch es start`."""
+    configured = settings.get("ES_URL")
+    if configured:
+        return [u.strip() for u in str(configured).split(",") if u.strip()]
+    return [f"http://127.0.0.1:{settings.getint('IMGSEARCH_ES_PORT')}"]
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def display_url(settings: Settings) -> str:
+    return ", ".join(redact_url(u) for u in es_urls(settings))
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = [settings.get("ES_PASSWORD"), settings.get("ES_API_KEY")]
+    values += [urlsplit(u).password for u in es_urls(settings)]
+    return [str(v) for v in values if v]
+
+
+def redact(text: str, settings: Settings) -> str:
+    """Remove every configured secret from a message before it is logged or shown."""
+    for secret in _secrets(settings):
+        text = text.replace(secret, "***")
+    return text
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "hosts": es_urls(settings),
+        "request_timeout": settings.getfloat("ES_REQUEST_TIMEOUT"),
+        "retry_on_timeout": True,
+        "max_retries": 2,
+    }
+    if settings.get("ES_API_KEY"):
+        options["api_key"] = settings.get("ES_API_KEY")
+    elif settings.get("ES_USERNAME"):
+        options["basic_auth"] = (settings.get("ES_USERNAME"), settings.get("ES_PASSWORD") or "")
+    if settings.get("ES_CA_CERTS"):
+        options["ca_certs"] = settings.get("ES_CA_CERTS")
+    return options
+
+
+def es_client(settings: Settings) -> Elasticsearch:
+    return Elasticsearch(**client_options(settings))
+
+
+def async_es_client(settings: Settings) -> AsyncElasticsearch:
+    return AsyncElasticsearch(**client_options(settings))
+
+
+def describe_error(exc: BaseException, settings: Settings) -> str:
+    """One line for the user: what went wrong with which cluster, never the credentials."""
+    where = display_url(settings)
+    if isinstance(exc, elasticsearch.AuthenticationException):
+        text = f"Elasticsearch at {where} refused the credentials (401): check ES_API_KEY or ES_USERNAME/ES_PASSWORD"
+    elif isinstance(exc, elasticsearch.AuthorizationException):
+        text = f"Elasticsearch at {where} denied the request (403): the user lacks a privilege"
+    elif isinstance(exc, elastic_transport.TlsError):
+        text = (f"TLS to Elasticsearch at {where} failed: the certificate is not trusted "
+                f"(set ES_CA_CERTS to the CA that signed it)")
+    elif isinstance(exc, elastic_transport.ConnectionTimeout):
+        text = f"Elasticsearch at {where} did not answer in time"
+    elif isinstance(exc, elastic_transport.ConnectionError):
+        hint = "" if settings.get("ES_URL") else " (start it with `imgsearch es start`)"
+        text = f"Elasticsearch is unreachable at {where}{hint}"
+    elif isinstance(exc, elasticsearch.ApiError):
+        text = f"Elasticsearch at {where} answered {exc.meta.status}: {exc.message}"
+    else:
+        text = f"Elasticsearch at {where}: {type(exc).__name__}: {exc}"
+    return redact(text, settings)
+
+
+def cluster_info(client: Elasticsearch, settings: Settings) -> dict[str, Any]:
+    """Health and version of the cluster (through `_cluster/health` and `_nodes/_local`, which every 8.x has).
+
+    Raises ClusterError with a one-line message when the cluster cannot be used.
+    """
+    try:
+        health = client.options(request_timeout=10).cluster.health()
+        nodes = client.options(request_timeout=10).nodes.info(node_id="_local", metric="_none")
+    except (elastic_transport.TransportError, elasticsearch.ApiError) as exc:
+        raise ClusterError(describe_error(exc, settings)) from exc
+    versions = [n.get("version") for n in nodes.body.get("nodes", {}).values()]
+    return {
+        "url": display_url(settings),
+        "cluster_name": health["cluster_name"],
+        "status": health["status"],
+        "number_of_nodes": health["number_of_nodes"],
+        "version": versions[0] if versions else None,
+    }
+

@@ -1,0 +1,386 @@
+"""A local single-node Elasticsearch 8 for machines without Docker: obtain, configure, start, stop.
+
+The pinned distribution is the official ``integ-test-zip`` that Elastic publishes on Maven Central (the
+distribution Elasticsearch's own REST tests run on). It has no bundled JDK, so it runs on the machine's Java
+17+. It lacks some modules of the full product (no ``GET /``, no scripting, no ``_reindex``), which is why the
+rest of the project uses cluster health, ``_nodes/_local``, and scan + bulk. ``distribution=`` also accepts
+an official full 8.x archive or unpacked folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ES_VERSION = "8.19.21"
+MAVEN_GROUP = "org.elasticsearch.distribution.integ-test-zip"
+MAVEN_ARTIFACT = "elasticsearch"
+MAVEN_REPOSITORY = "https://repo.maven.apache.org/maven2"
+# SHA-512 that Maven Central publishes beside the pinned zip; checked whichever way the zip was fetched.
+DISTRIBUTION_SHA512 = (
+    "cf6b0a93860d329937ae7f913ec5073b0c726c77639764b93fc83a304aa1dd9d"
+    "4defcfa2849948eea3b0b47c2065f994908603939fc2a4774c9c4d868c5ec1dd"
+)
+CLUSTER_NAME = "imgsearch-local"
+# The node refuses to run as root; as root we run it as this user, which every Linux system has.
+UNPRIVILEGED_USER = "nobody"
+MIN_JAVA = 17
+
+
+class NodeError(Exception):
+    """The local node could not be obtained, started or stopped; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    url: str
+    pid: int | None
+    running: bool
+    version: str | None = None
+    health: str | None = None
+
+
+def maven_url(version: str = ES_VERSION) -> str:
+    path = MAVEN_GROUP.replace(".", "/")
+    return f"{MAVEN_REPOSITORY}/{path}/{MAVEN_ARTIFACT}/{version}/{MAVEN_ARTIFACT}-{version}.zip"
+
+
+def sha512_of(path: Path) -> str:
+    digest = hashlib.sha512()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_with_maven(target: Path) -> bool:
+    """Fetch the pinned zip with mvn (strict checksums); False when mvn is missing or fails."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        return False
+    artifact = f"{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{ES_VERSION}:zip"
+    cmd = [mvn, "-q", "-B", "--strict-checksums", "dependency:copy", f"-Dartifact={artifact}",
+           f"-DoutputDirectory={target.parent}", "-Dmdep.overWriteReleases=true"]
+    logger.info("Fetching Elasticsearch %s with Maven", ES_VERSION)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=target.parent)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("mvn could not fetch Elasticsearch (%s); downloading it directly", exc)
+        return False
+    if result.returncode != 0 or not target.exists():
+        tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        logger.warning("mvn could not fetch Elasticsearch (%s); downloading it directly", " / ".join(tail))
+        return False
+    return True
+
+
+def _download_direct(target: Path) -> None:
+    url = maven_url()
+    logger.info("Downloading Elasticsearch %s from %s", ES_VERSION, url)
+    partial = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+    except (OSError, urllib.error.URLError) as exc:
+        partial.unlink(missing_ok=True)
+        raise NodeError(f"could not download Elasticsearch from {url}: {exc}") from exc
+    partial.replace(target)
+
+
+def obtain_distribution(cache_dir: Path) -> Path:
+    """Return the verified pinned zip in the cache, fetching it (Maven if present, else HTTPS) when missing."""
+    downloads = cache_dir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    target = downloads / f"{MAVEN_ARTIFACT}-{ES_VERSION}.zip"
+    if target.exists() and sha512_of(target) == DISTRIBUTION_SHA512:
+        return target
+    target.unlink(missing_ok=True)
+    if not _download_with_maven(target):
+        _download_direct(target)
+    actual = sha512_of(target)
+    if actual != DISTRIBUTION_SHA512:
+        target.unlink(missing_ok=True)
+        raise NodeError(f"checksum mismatch for the downloaded Elasticsearch {ES_VERSION} zip "
+                        f"(SHA-512 {actual[:16]}…, expected {DISTRIBUTION_SHA512[:16]}…); it was deleted")
+    return target
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    """Unpack an Elasticsearch zip or tar.gz into dest and return its home folder (the one with bin/)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                extracted = Path(zf.extract(info, tmp))
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:  # zipfile drops Unix modes; the launch scripts need their exec bits
+                    extracted.chmod(mode)
+    elif archive.name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(archive) as tf:
+            tf.extractall(tmp, filter="tar")
+    else:
+        raise NodeError(f"{archive}: expected an Elasticsearch .zip or .tar.gz")
+    homes = [p.parent.parent for p in tmp.glob("*/bin/elasticsearch")]
+    if len(homes) != 1:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NodeError(f"{archive} does not look like an Elasticsearch distribution (no */bin/elasticsearch)")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest / homes[0].name
+
+
+def find_java(es_home: Path | None = None) -> str | None:
+    """The JAVA home to run the node with, or None when a distribution's bundled JDK should be used."""
+    for var in ("ES_JAVA_HOME", "JAVA_HOME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    if es_home is not None and (es_home / "jdk" / "bin" / "java").exists():
+        return None
+    java = shutil.which("java")
+    if not java:
+        raise NodeError("no Java found: Elasticsearch needs Java 17 or newer. Install one (Debian: "
+                        "apt-get install openjdk-17-jre-headless) or point ES_JAVA_HOME at it.")
+    return str(Path(os.path.realpath(java)).parent.parent)
+
+
+def java_major(java_home: str) -> int:
+    java = Path(java_home) / "bin" / "java"
+    try:
+        out = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30).stderr
+    except OSError as exc:
+        raise NodeError(f"cannot run {java}: {exc}; point ES_JAVA_HOME at a Java 17+ home") from exc
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        raise NodeError(f"cannot tell the version of {java}; point ES_JAVA_HOME at a Java 17+ home")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def http_json(url: str, timeout: float = 5.0) -> dict | None:
+    """GET a JSON document from the local node, None when nothing answers (the node is plain HTTP)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalNode:
+    """One local node: its files live under ``cache_dir/elasticsearch/node-<port>``."""
+
+    def __init__(self, cache_dir: str | Path, *, port: int = 9200, heap: str = "1g",
+                 distribution: str | Path | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.port = int(port)
+        self.heap = heap
+        self.distribution = Path(distribution) if distribution else None
+        self.base = self.cache_dir / "elasticsearch"
+        self.node_dir = self.base / f"node-{self.port}"
+        self.pid_file = self.node_dir / "es.pid"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- public ------------------------------------------------------------------------------------------------
+    def status(self) -> NodeStatus:
+        pid = self._read_pid()
+        running = pid is not None and _pid_alive(pid)
+        health = http_json(f"{self.url}/_cluster/health") if running else None
+        version = None
+        if health:
+            nodes = http_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
+            versions = [n.get("version") for n in nodes.get("nodes", {}).values()]
+            version = versions[0] if versions else None
+        return NodeStatus(self.url, pid if running else None, running,
+                          version, health.get("status") if health else None)
+
+    def start(self, timeout: float = 180.0) -> NodeStatus:
+        """Start the node (or reuse the running one) and return once its cluster is yellow or green."""
+        current = self.status()
+        if current.running and current.health in ("green", "yellow"):
+            logger.info("Elasticsearch is already running at %s (pid %s)", self.url, current.pid)
+            return current
+        if current.running:
+            return self._wait_healthy(current.pid, timeout)
+        if http_json(f"{self.url}/_cluster/health", timeout=2) is not None:
+            raise NodeError(f"port {self.port} already answers as an Elasticsearch this command did not start; "
+                            f"use it with ES_URL={self.url}, or pick another port")
+        home = self._home()
+        java_home = find_java(home)
+        if java_home is not None and java_major(java_home) < MIN_JAVA:
+            raise NodeError(f"{java_home} is Java {java_major(java_home)}; Elasticsearch 8 needs Java "
+                            f"{MIN_JAVA}+ (set ES_JAVA_HOME to one)")
+        self._write_config(home)
+        env = {**os.environ, "ES_PATH_CONF": str(self.node_dir / "config")}
+        env.pop("ES_JAVA_OPTS", None)
+        if java_home is not None:
+            env["ES_JAVA_HOME"] = java_home
+        self.pid_file.unlink(missing_ok=True)
+        cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(self.pid_file)]
+        out_path = self.node_dir / "logs" / "launcher.out"
+        logger.info("Starting Elasticsearch on %s (data in %s)", self.url, self.node_dir)
+        with out_path.open("wb") as out:
+            try:
+                # -d returns once the node has started (or failed to); the node outlives this process.
+                result = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, timeout=timeout, start_new_session=True,
+                                        **self._run_as())
+            except subprocess.TimeoutExpired as exc:
+                raise NodeError(f"Elasticsearch did not start within {timeout:.0f} s\n{self.log_tail()}") from exc
+        if result.returncode != 0:
+            raise NodeError(f"Elasticsearch failed to start (exit {result.returncode})\n{self.log_tail()}")
+        return self._wait_healthy(self._read_pid(), timeout)
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the node; True when one was running."""
+        pid = self._read_pid()
+        if pid is None or not _pid_alive(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            logger.warning("Elasticsearch (pid %s) did not stop within %.0f s; killing it", pid, timeout)
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 30) -> str:
+        chunks = []
+        for path in (self.node_dir / "logs" / "launcher.out", self.node_dir / "logs" / f"{CLUSTER_NAME}.log"):
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {path} ---\n" + "\n".join(text))
+        return "\n".join(chunks) or f"(no log in {self.node_dir / 'logs'})"
+
+    def cache_size(self) -> int:
+        return sum(p.stat().st_size for p in self.cache_dir.rglob("*") if p.is_file() and not p.is_symlink())
+
+    # -- private -----------------------------------------------------------------------------------------------
+    def _home(self) -> Path:
+        if self.distribution is not None and self.distribution.is_dir():
+            if not (self.distribution / "bin" / "elasticsearch").exists():
+                raise NodeError(f"{self.distribution} has no bin/elasticsearch")
+            return self.distribution
+        archive = self.distribution or obtain_distribution(self.cache_dir)
+        if not archive.exists():
+            raise NodeError(f"{archive}: no such file")
+        stem = archive.name.removesuffix(".zip").removesuffix(".tar.gz").removesuffix(".tgz")
+        dest = self.base / "dist" / stem
+        stamp = dest / ".unpacked"
+        if stamp.exists():
+            return Path(stamp.read_text())
+        home = _unpack(archive, dest)
+        self._make_readable(dest)
+        stamp.write_text(str(home))
+        return home
+
+    def _write_config(self, home: Path) -> None:
+        config = self.node_dir / "config"
+        if not config.exists():
+            shutil.copytree(home / "config", config)
+        for sub in ("data", "logs", "tmp"):
+            (self.node_dir / sub).mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"cluster.name: {CLUSTER_NAME}",
+            f"node.name: node-{self.port}",
+            f"path.data: {self.node_dir / 'data'}",
+            f"path.logs: {self.node_dir / 'logs'}",
+            "network.host: 127.0.0.1",
+            f"http.port: {self.port}",
+            f"transport.port: {self.port + 100}",
+            "discovery.type: single-node",
+            # A throwaway node on loopback: no TLS or passwords (ES_URL points at a secured cluster).
+            "xpack.security.enabled: false",
+            # A laptop disk that is 90 % full must not turn the indices read-only.
+            "cluster.routing.allocation.disk.threshold_enabled: false",
+            "action.destructive_requires_name: true",
+        ]
+        if (home / "modules" / "x-pack-ml").exists():  # the full distribution; ML needs more than we give it
+            lines.append("xpack.ml.enabled: false")
+        (config / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
+        (config / "jvm.options.d").mkdir(exist_ok=True)
+        (config / "jvm.options.d" / "imgsearch.options").write_text(
+            f"-Xms{self.heap}\n-Xmx{self.heap}\n-Djava.io.tmpdir={self.node_dir / 'tmp'}\n")
+        if os.geteuid() == 0:
+            self._check_reachable_by_unprivileged_user()
+            self._chown_unprivileged(self.node_dir)
+
+    def _run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+    def _check_reachable_by_unprivileged_user(self) -> None:
+        for parent in self.node_dir.parents:
+            if parent.exists() and not parent.stat().st_mode & 0o001:
+                raise NodeError(f"the node runs as '{UNPRIVILEGED_USER}', who cannot enter {parent}; set "
+                                f"IMGSEARCH_CACHE_DIR to a folder outside it (as root the default is "
+                                f"/var/cache/imgsearch)")
+
+    @staticmethod
+    def _chown_unprivileged(path: Path) -> None:
+        import pwd
+
+        user = pwd.getpwnam(UNPRIVILEGED_USER)
+        for p in [path, *path.rglob("*")]:
+            os.lchown(p, user.pw_uid, user.pw_gid)
+
+    def _make_readable(self, path: Path) -> None:
+        # The unpacked home stays owned by the caller; the unprivileged node user only reads it.
+        for p in [self.cache_dir, self.base, path.parent, path, *path.rglob("*")]:
+            mode = p.lstat().st_mode
+            if p.is_dir():
+                p.chmod(mode | 0o055)
+            elif not p.is_symlink():
+                p.chmod(mode | 0o044)
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _wait_healthy(self, pid: int | None, timeout: float) -> NodeStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pid is not None and not _pid_alive(pid):
+                raise NodeError(f"Elasticsearch exited while starting\n{self.log_tail()}")
+            health = http_json(f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=2s", timeout=5)
+            if health and health.get("status") in ("green", "yellow"):
+                return self.status()
+            time.sleep(0.5)
+        raise NodeError(f"Elasticsearch at {self.url} was not healthy within {timeout:.0f} s\n{self.log_tail()}")
