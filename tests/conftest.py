@@ -1,0 +1,54 @@
+"""Shared fixtures: the real Elasticsearch node (started through the code of `imgsearch es start`)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from crawler.config import load_settings
+from index_setup.client import ClusterError, cluster_info, es_client
+from index_setup.indices import delete_indices
+from index_setup.local_node import LocalNode
+
+_cluster: dict = {}
+
+
+@pytest.fixture(scope="session")
+def es_settings():
+    """Settings that point at a running Elasticsearch: ES_URL when set, else the local node, started here."""
+    settings = load_settings()
+    if not settings.get("ES_URL"):
+        node = LocalNode(settings.get("IMGSEARCH_CACHE_DIR"), port=settings.getint("IMGSEARCH_ES_PORT"),
+                         heap=settings.get("IMGSEARCH_ES_HEAP"))
+        node.start()
+    client = es_client(settings)
+    try:
+        _cluster.update(cluster_info(client, settings))
+    except ClusterError as exc:
+        pytest.fail(f"Elasticsearch is required for these tests: {exc}", pytrace=False)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def es(es_settings):
+    client = es_client(es_settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def index_alias(request, es):
+    """An index alias of this test module's own, deleted afterwards, so tests never collide."""
+    module = re.sub(r"[^a-z0-9]+", "-", request.module.__name__.rsplit(".", 1)[-1].lower())
+    alias = f"test-{module}-{uuid.uuid4().hex[:8]}"
+    yield alias
+    delete_indices(es, alias)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _cluster:
+        terminalreporter.write_line(
+            f"Elasticsearch used by the tests: {_cluster['version']} at {_cluster['url']} "
+            f"(cluster {_cluster['cluster_name']}, health {_cluster['status']})")
