@@ -167,6 +167,87 @@ def cmd_index_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- crawl ------------------------------------------------------------------------------------------------------
+def prepare_crawl(settings) -> None:
+    """Fail before crawling, in one line, when Elasticsearch, the indices or the model are not usable."""
+    from index_setup.indices import IndexConflict, ensure_indices
+    from pipelines.embedding import ModelUnavailable, check_model
+
+    client = _client(settings)
+    _check_cluster(client, settings)
+    try:
+        ensure_indices(client, settings.get("IMGSEARCH_INDEX"), model=settings.get("IMGSEARCH_IMAGE_MODEL"),
+                       shards=settings.getint("IMGSEARCH_SHARDS"), replicas=settings.getint("IMGSEARCH_REPLICAS"))
+        check_model(settings.get("IMGSEARCH_IMAGE_MODEL"), "IMGSEARCH_IMAGE_MODEL")
+    except (IndexConflict, ModelUnavailable) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        client.close()
+
+
+def crawl_exit_status(stats: dict) -> int:
+    dead = stats.get("imgsearch/index/dead_lettered", 0)
+    if dead:
+        path = stats.get("imgsearch/index/dead_letter_file")
+        print(f"imgsearch: {dead} writes could not be made; send them again with `imgsearch replay {path}`",
+              file=sys.stderr)
+        return 1
+    if stats.get("finish_reason") not in ("finished", "closespider_itemcount", "closespider_pagecount"):
+        return 1
+    return 0
+
+
+def cmd_crawl(args: argparse.Namespace) -> int:
+    from crawler.crawl import run_crawl
+
+    overrides = {"FILES_STORE": args.store}
+    if args.job_dir:
+        overrides["JOBDIR"] = args.job_dir
+    settings = _settings(args, **overrides)
+    if not settings.get("ES_URL"):
+        ensure_local_node(settings)
+    prepare_crawl(settings)
+    if args.urls_file:
+        stats = run_crawl(settings, "urls", file=args.urls_file)
+    else:
+        if not args.urls:
+            raise CliError("give start URLs, or --urls-file FILE")
+        stats = run_crawl(settings, "site", start_urls=",".join(args.urls), depth=args.depth,
+                          max_pages=args.max_pages or 0, allowed_domains=",".join(args.allowed_domain or []),
+                          allow=",".join(args.allow or []), deny=",".join(args.deny or []))
+    print(stats.get("imgsearch/summary", "crawl ended before it started"))
+    return crawl_exit_status(stats)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from index_setup.client import async_es_client
+    from pipelines.indexing import replay
+
+    settings = _settings(args)
+    client = _client(settings)
+    _check_cluster(client, settings)
+    client.close()
+
+    async def run():
+        async_client = async_es_client(settings)
+        try:
+            return await replay(async_client, args.file,
+                                dead_letter_dir=settings.get("IMGSEARCH_INDEX_DEAD_LETTER_DIR"),
+                                max_retries=settings.getint("IMGSEARCH_INDEX_MAX_RETRIES"),
+                                backoff=settings.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF"))
+        finally:
+            await async_client.close()
+
+    try:
+        written, failed, path = asyncio.run(run())
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"Replayed {args.file}: {written} written, {failed} still failing" + (f" (kept in {path})" if failed else ""))
+    return 1 if failed else 0
+
+
 # -- parser -----------------------------------------------------------------------------------------------------
 def _add_index_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", help="image index alias (default: IMGSEARCH_INDEX, my-image-embeddings); "
@@ -202,13 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "delete":
             sub.add_argument("--yes", action="store_true", help="do not ask")
         sub.set_defaults(func=func)
+    crawl = commands.add_parser("crawl", help="crawl sites into the index")
+    crawl.add_argument("urls", nargs="*", metavar="URL", help="start URLs (the site spider)")
+    crawl.add_argument("--urls-file", metavar="FILE", help="crawl the pages or image URLs listed in FILE instead")
+    crawl.add_argument("--depth", type=int, default=2, help="links followed from the start URLs (default 2)")
+    crawl.add_argument("--max-pages", type=int, help="stop following links after this many pages")
+    crawl.add_argument("--allowed-domain", action="append", help="domain whose pages are followed (repeatable; "
+                                                                  "default: the start URLs' hosts)")
+    crawl.add_argument("--allow", action="append", help="only follow links matching this regex (repeatable)")
+    crawl.add_argument("--deny", action="append", help="never follow links matching this regex (repeatable)")
+    crawl.add_argument("--store", help="where to keep the original images (default FILES_STORE)")
+    crawl.add_argument("--job-dir", help="keep the crawl's state here, so an interrupted crawl resumes")
+    _add_index_arg(crawl)
+    crawl.set_defaults(func=cmd_crawl)
+
+    replay_parser = commands.add_parser("replay", help="send a dead-letter file's writes again")
+    replay_parser.add_argument("file")
+    _add_index_arg(replay_parser)
+    replay_parser.set_defaults(func=cmd_replay)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # On the handler, not the root logger: a crawl resets the root logger's level.
+    logging.root.handlers[0].setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # The transport logs each retried connection with a traceback; our own message says it in one line.
     for noisy in ("elastic_transport", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

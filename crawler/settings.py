@@ -46,6 +46,9 @@ EXTENSIONS = {
 CONCURRENT_ITEMS = 64
 FEED_EXPORT_ENCODING = "utf-8"
 
+# Seconds between progress lines during a crawl (0: none).
+IMGSEARCH_PROGRESS_SECONDS = 10
+
 # --- imgsearch: Elasticsearch -------------------------------------------------------------------------------
 # Cluster to use; unset means the local node managed by `imgsearch es start`. Comma-separated for several nodes.
 ES_URL = None
