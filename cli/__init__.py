@@ -216,6 +216,9 @@ def cmd_crawl(args: argparse.Namespace) -> int:
                           max_pages=args.max_pages or 0, allowed_domains=",".join(args.allowed_domain or []),
                           allow=",".join(args.allow or []), deny=",".join(args.deny or []))
     print(stats.get("imgsearch/summary", "crawl ended before it started"))
+    if args.stats_file:
+        with open(args.stats_file, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=1, sort_keys=True, default=str)
     return crawl_exit_status(stats)
 
 
@@ -294,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     crawl.add_argument("--deny", action="append", help="never follow links matching this regex (repeatable)")
     crawl.add_argument("--store", help="where to keep the original images (default FILES_STORE)")
     crawl.add_argument("--job-dir", help="keep the crawl's state here, so an interrupted crawl resumes")
+    crawl.add_argument("--stats-file", metavar="FILE", help="write the crawl's final stats here as JSON")
     _add_index_arg(crawl)
     crawl.set_defaults(func=cmd_crawl)
 

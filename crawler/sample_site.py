@@ -90,7 +90,7 @@ def photo_like(seed: int, width: int = 480, height: int = 360) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(3, 9))):
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        x1, y1 = x0 + rng.integers(20, width // 2), y0 + rng.integers(20, height // 2)
+        x1, y1 = x0 + rng.integers(2, max(3, width // 2)), y0 + rng.integers(2, max(3, height // 2))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
     grain = rng.normal(0, 6, (height, width, 3))

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
-
 from scrapy.exceptions import DropItem
 
 from pipelines.batching import Batcher

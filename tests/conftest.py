@@ -52,3 +52,31 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"Elasticsearch used by the tests: {_cluster['version']} at {_cluster['url']} "
             f"(cluster {_cluster['cluster_name']}, health {_cluster['status']})")
+
+
+@pytest.fixture(scope="session")
+def standin_models(tmp_path_factory):
+    """The small random-weight CLIP pair, built offline, loaded through the same code as the real models."""
+    from pipelines.standin_models import build_models
+
+    return build_models(tmp_path_factory.mktemp("models"), "tiny")
+
+
+@pytest.fixture(scope="session")
+def crawl_settings_env(es_settings, standin_models, tmp_path_factory):
+    """Environment for a crawl in a subprocess: test models, a scratch store, no politeness delays."""
+    image, text = standin_models
+    scratch = tmp_path_factory.mktemp("crawl")
+    env = {
+        "IMGSEARCH_IMAGE_MODEL": str(image),
+        "IMGSEARCH_TEXT_MODEL": str(text),
+        "FILES_STORE": str(scratch / "store"),
+        "IMGSEARCH_INDEX_DEAD_LETTER_DIR": str(scratch / "dead-letter"),
+        "IMGSEARCH_EMBED_FLUSH_SECONDS": "0.2",
+        "IMGSEARCH_INDEX_FLUSH_SECONDS": "0.2",
+        "IMGSEARCH_PROGRESS_SECONDS": "0",
+        "DOWNLOAD_DELAY": "0",
+        "AUTOTHROTTLE_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    return env

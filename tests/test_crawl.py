@@ -1,0 +1,169 @@
+"""The whole crawl, end to end: a hostile little site on 127.0.0.1 crawled into the real Elasticsearch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from crawler.sample_site import Route, SiteServer, encode, page, photo_like
+from index_setup.mappings import sources_alias
+from tests.test_imaging import png_claiming
+
+JPEG = "image/jpeg"
+
+
+def valid_images() -> dict[str, tuple[bytes, str, tuple[int, int], str]]:
+    """path -> (bytes, content type, (width, height), format)"""
+    return {
+        "/img/plain.jpg": (encode(photo_like(1, 400, 300)), JPEG, (400, 300), "jpeg"),
+        "/img/large.png": (encode(photo_like(2, 320, 240), "PNG"), "image/png", (320, 240), "png"),
+        "/img/lazy.webp": (encode(photo_like(3, 300, 200), "WEBP"), "image/webp", (300, 200), "webp"),
+        "/img/bg.gif": (encode(photo_like(4, 200, 150).convert("P"), "GIF"), "image/gif", (200, 150), "gif"),
+        "/img/og.jpg": (encode(photo_like(5, 500, 260)), JPEG, (500, 260), "jpeg"),
+        "/img/b-only.jpg": (encode(photo_like(6, 240, 320)), JPEG, (240, 320), "jpeg"),
+    }
+
+
+def build_site(cdn_url: str) -> dict[str, Route]:
+    images = valid_images()
+    routes = {path: Route(data, ctype) for path, (data, ctype, _, _) in images.items()}
+    plain = images["/img/plain.jpg"][0]
+    routes.update({
+        "/img/dup-copy.jpg": Route(plain, JPEG),  # the same bytes under a second URL
+        "/img/small.png": Route(encode(photo_like(20, 160, 120), "PNG"), "image/png"),  # srcset 1x: not wanted
+        "/img/icon.png": Route(encode(photo_like(7, 16, 16), "PNG"), "image/png"),
+        "/img/truncated.jpg": Route(encode(photo_like(8, 400, 300))[:3000], JPEG),
+        "/img/fake.jpg": Route(b"<!doctype html><html><body>not an image</body></html>", JPEG),
+        "/img/empty.jpg": Route(b"", JPEG),
+        "/img/logo.svg": Route(b'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"/>',
+                               "image/svg+xml"),
+        "/img/bomb.png": Route(png_claiming(40000, 40000), "image/png"),
+        "/private/hidden.jpg": Route(encode(photo_like(9, 300, 300)), JPEG),
+        "/private/secret.html": page("Secret", '<img src="/private/hidden.jpg">'),
+        "/robots.txt": Route(b"User-agent: *\nDisallow: /private/\n", "text/plain"),
+    })
+    routes["/"] = page("Home page", """
+        <a href="/a.html">A</a> <a href="/b.html">B</a> <a href="/private/secret.html">secret</a>
+        <img src="/img/plain.jpg" alt="A plain photo">
+        <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" srcset="/img/small.png 1x, /img/large.png 2x" alt="hi">
+        <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" data-src="/img/lazy.webp" alt="lazy">
+        <div style="background-image: url('/img/bg.gif')">banner</div>
+        <img src="/img/icon.png">""", head='<meta property="og:image" content="/img/og.jpg">')
+    routes["/a.html"] = page("Page A", f"""
+        <img src="/img/plain.jpg" alt="The same photo again"> <img src="/img/dup-copy.jpg">
+        <img src="{cdn_url}/cdn/photo.jpg" alt="from the CDN">
+        <img src="/img/truncated.jpg"> <img src="/img/fake.jpg"> <img src="/img/empty.jpg">
+        <img src="/img/logo.svg"> <img src="/img/missing.jpg"> <img src="/img/bomb.png">""")
+    routes["/b.html"] = page("Page B", '<img src="/img/b-only.jpg"><img src="/private/hidden.jpg">')
+    return routes
+
+
+@pytest.fixture(scope="module")
+def sites():
+    with SiteServer() as cdn, SiteServer() as site:
+        cdn.routes["/cdn/photo.jpg"] = Route(encode(photo_like(10, 350, 350)), JPEG)
+        cdn.routes["/robots.txt"] = Route(b"User-agent: *\nAllow: /\n", "text/plain")
+        site.routes.update(build_site(cdn.url))
+        yield site, cdn
+
+
+def crawl(env: dict, tmp_path, *args: str, timeout: float = 240) -> dict:
+    stats_file = tmp_path / f"stats-{time.monotonic_ns()}.json"
+    result = subprocess.run([sys.executable, "-m", "cli", "crawl", *args, "--stats-file", str(stats_file)],
+                            capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    return json.loads(stats_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def crawl_env(index_alias, crawl_settings_env):
+    return {**crawl_settings_env, "IMGSEARCH_INDEX": index_alias}
+
+
+def test_crawl_indexes_every_valid_image_once_and_counts_every_bad_one(sites, crawl_env, es, index_alias,
+                                                                       tmp_path):
+    site, cdn = sites
+    stats = crawl(crawl_env, tmp_path, site.url + "/")
+
+    assert stats["imgsearch/fetch/skipped/too_small"] == 1
+    assert stats["imgsearch/fetch/failed/decode_error"] == 1
+    assert stats["imgsearch/fetch/skipped/not_image"] == 1
+    assert stats["imgsearch/fetch/failed/empty"] == 1
+    assert stats["imgsearch/fetch/skipped/svg"] == 1
+    assert stats["imgsearch/fetch/failed/http_404"] == 1
+    assert stats["imgsearch/fetch/skipped/too_many_pixels"] == 1
+    assert stats["imgsearch/fetch/skipped/robots_disallowed"] == 1
+    assert stats["imgsearch/index/images_created"] == 7
+    assert stats.get("imgsearch/index/dead_lettered", 0) == 0
+    assert site.fetched("/private/") == 0, "robots.txt disallows /private/"
+    assert site.fetched("/img/small.png") == 0, "only the largest srcset candidate is fetched"
+    assert site.fetched("/img/plain.jpg") == 1, "an image on two pages is downloaded once"
+    assert cdn.fetched("/cdn/photo.jpg") == 1, "images on another host are not dropped as offsite"
+
+    es.indices.refresh(index=f"{index_alias},{sources_alias(index_alias)}")
+    docs = {h["_source"]["image_url"].rsplit("/", 2)[-1]: h["_source"]
+            for h in es.search(index=index_alias, size=100)["hits"]["hits"]}
+    assert es.count(index=index_alias)["count"] == 7
+    for path, (data, _, (width, height), fmt) in valid_images().items():
+        doc = next(d for d in docs.values() if d["image_url"].endswith(path))
+        assert (doc["width"], doc["height"], doc["format"], doc["bytes"]) == (width, height, fmt, len(data)), path
+        assert doc["domains"] == ["127.0.0.1"]
+        assert len(doc["image_embedding"]) == 512
+        assert doc["first_seen"] <= doc["last_seen"]
+        assert doc["relative_path"].startswith(f"full/{doc['sha256'][:2]}/")
+
+    plain_id = docs["plain.jpg"]["image_id"] if "plain.jpg" in docs else next(
+        d["image_id"] for d in docs.values() if d["image_url"].endswith("/img/plain.jpg")
+        or d["image_url"].endswith("/img/dup-copy.jpg"))
+    occurrences = es.search(index=sources_alias(index_alias), query={"term": {"image_id": plain_id}},
+                            size=10)["hits"]["hits"]
+    pairs = sorted((o["_source"]["page_url"].rsplit("/", 1)[-1], o["_source"]["image_url"].rsplit("/", 1)[-1])
+                   for o in occurrences)
+    assert pairs == [("", "plain.jpg"), ("a.html", "dup-copy.jpg"), ("a.html", "plain.jpg")]
+    titles = {o["_source"]["page_url"].rsplit("/", 1)[-1]: o["_source"]["page_title"] for o in occurrences}
+    assert titles == {"": "Home page", "a.html": "Page A"}
+    assert es.count(index=sources_alias(index_alias))["count"] == 9
+
+
+def test_second_crawl_adds_no_image_and_advances_last_seen(sites, crawl_env, es, index_alias, tmp_path):
+    site, _ = sites
+    sources = sources_alias(index_alias)
+    es.indices.refresh(index=f"{index_alias},{sources}")
+    before = {h["_id"]: h["_source"] for h in es.search(index=sources, size=100)["hits"]["hits"]}
+    if not before:
+        crawl(crawl_env, tmp_path, site.url + "/")
+        es.indices.refresh(index=f"{index_alias},{sources}")
+        before = {h["_id"]: h["_source"] for h in es.search(index=sources, size=100)["hits"]["hits"]}
+    stats = crawl(crawl_env, tmp_path, site.url + "/")
+    assert stats.get("imgsearch/index/images_created", 0) == 0
+    assert stats["imgsearch/index/images_updated"] >= 7  # one write per image and batch
+    es.indices.refresh(index=f"{index_alias},{sources}")
+    assert es.count(index=index_alias)["count"] == 7
+    after = {h["_id"]: h["_source"] for h in es.search(index=sources, size=100)["hits"]["hits"]}
+    assert after.keys() == before.keys()
+    for key, doc in after.items():
+        assert doc["first_seen"] == before[key]["first_seen"]
+        assert doc["last_seen"] > before[key]["last_seen"]
+    images = es.search(index=index_alias, size=100)["hits"]["hits"]
+    assert all(h["_source"]["last_seen"] > h["_source"]["first_seen"] for h in images)
+
+
+def test_a_trickle_smaller_than_one_batch_still_finishes(crawl_env, tmp_path, es, index_alias):
+    with SiteServer({"/": page("One", '<img src="/one.jpg">'),
+                     "/one.jpg": Route(encode(photo_like(30, 300, 300)), JPEG)}) as one:
+        env = {**crawl_env, "IMGSEARCH_INDEX": f"{index_alias}-trickle", "IMGSEARCH_EMBED_BATCH_SIZE": "1000",
+               "IMGSEARCH_INDEX_BATCH_SIZE": "1000"}
+        try:
+            stats = crawl(env, tmp_path, one.url + "/", timeout=120)
+        finally:
+            from index_setup.indices import delete_indices
+
+            delete_indices(es, f"{index_alias}-trickle")
+    assert stats["imgsearch/index/indexed"] == 1
+    assert stats["finish_reason"] == "finished"
