@@ -251,6 +251,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- search ---------------------------------------------------------------------------------------------------
+def _searcher(settings):
+    from query.search import Searcher
+
+    return Searcher(settings)
+
+
+def run_query(searcher, args: argparse.Namespace) -> dict:
+    """Run an image or text query, turning every expected failure into a CliError."""
+    from index_setup.client import ClusterError
+    from index_setup.indices import IndexMissing
+    from pipelines.embedding import ModelUnavailable
+    from query.inputs import QueryInputError
+
+    try:
+        if args.image:
+            return searcher.search_image(args.image, args.k, args.num_candidates, args.domain, args.index,
+                                         allow_private=args.allow_private)
+        return searcher.search_text(args.text, args.k, args.num_candidates, args.domain, args.index)
+    except (QueryInputError, IndexMissing, ClusterError, ModelUnavailable) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from cli.tables import results_table
+
+    if args.k < 1 or args.num_candidates < 1:
+        raise CliError("--k and --num-candidates must be at least 1")
+    settings = _settings(args)
+    searcher = _searcher(settings)
+    try:
+        response = run_query(searcher, args)
+    finally:
+        searcher.close()
+    print(json.dumps(response, indent=2, ensure_ascii=False) if args.json else results_table(response))
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------------------
 def _add_index_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", help="image index alias (default: IMGSEARCH_INDEX, my-image-embeddings); "
@@ -301,6 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_arg(crawl)
     crawl.set_defaults(func=cmd_crawl)
 
+    search = commands.add_parser("search", help="find indexed images like an image, or matching a text")
+    given = search.add_mutually_exclusive_group(required=True)
+    given.add_argument("--image", metavar="PATH_OR_URL", help="query image: a file or an http(s) URL")
+    given.add_argument("--text", help="query text, in any language of the text model")
+    search.add_argument("--k", type=int, default=10, help="results (default 10)")
+    search.add_argument("--num-candidates", type=int, default=100, help="kNN candidates per shard (default 100)")
+    search.add_argument("--domain", help="only images seen on this domain (comma-separated for several)")
+    search.add_argument("--json", action="store_true", help="print {query, took_ms, results} as JSON")
+    search.add_argument("--allow-private", action="store_true",
+                        help="allow image URLs on loopback and private networks")
+    _add_index_arg(search)
+    search.set_defaults(func=cmd_search)
+
+    demo = commands.add_parser("demo", help="start Elasticsearch, crawl a sample site, run an image and a text "
+                                             "query")
+    demo.add_argument("--index", help=f"index alias for the demo (default imgsearch-demo)")
+    demo.set_defaults(func=lambda args: __import__("cli.demo", fromlist=["run_demo"]).run_demo(args))
+
     replay_parser = commands.add_parser("replay", help="send a dead-letter file's writes again")
     replay_parser.add_argument("file")
     _add_index_arg(replay_parser)
@@ -313,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # On the handler, not the root logger: a crawl resets the root logger's level.
-    logging.root.handlers[0].setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Long-running commands report progress; the others only warnings.
+    quiet = args.command not in ("crawl", "replay", "es")
+    logging.root.handlers[0].setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     # The transport logs each retried connection with a traceback; our own message says it in one line.
     for noisy in ("elastic_transport", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

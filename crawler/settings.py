@@ -109,6 +109,11 @@ IMGSEARCH_INDEX_RETRY_BACKOFF = 1.0
 # Documents that still fail are written here (JSON lines) for `imgsearch replay`.
 IMGSEARCH_INDEX_DEAD_LETTER_DIR = None
 
+# --- imgsearch: query ---------------------------------------------------------------------------------------
+# kNN candidates are re-ranked with the full-precision vectors, oversample x k of them: int8 quantisation alone
+# orders close neighbours too roughly (see bench/query.py).
+IMGSEARCH_QUERY_OVERSAMPLE = 3.0
+
 
 def _user_dir(env: str, fallback: str) -> Path:
     return Path(os.environ.get(env) or Path.home() / fallback) / "imgsearch"

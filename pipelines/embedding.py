@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -54,6 +55,7 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+@functools.lru_cache(maxsize=1)
 def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
     """A quick TCP probe of the model hub: without it a missing route costs over a minute of retries."""
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -106,6 +108,12 @@ def load_model(name: str, *, device: str, setting: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     kwargs = check_model(name, setting)
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # per-tensor loading bars, in the middle of our logs
+    except ImportError:
+        pass
     try:
         return SentenceTransformer(**kwargs, device=device)
     except Exception as exc:  # the libraries raise many kinds; all mean the same to the user
@@ -209,7 +217,9 @@ class Embedder:
         model = self.load_text_model()
         with self._lock:
             vectors = self._encode(model, list(texts), bf16=False)
-        image_dims = self.dims
+        # Checked against the image model only when it is loaded anyway: loading it just to compare would
+        # double a text query's start-up; the index refuses a vector of other dimensions in any case.
+        image_dims = self.dims if self._image_model is not None else vectors.shape[1]
         if vectors.shape[1] != image_dims:
             raise ModelUnavailable(f"the text model {self.text_model_name} gives {vectors.shape[1]}-d vectors but "
                                    f"the image model {self.image_model_name} gives {image_dims}-d ones: they do "

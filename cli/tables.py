@@ -1,0 +1,30 @@
+"""Readable text for query results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _day(timestamp: str | None) -> str:
+    return (timestamp or "")[:16].replace("T", " ")
+
+
+def results_table(response: dict[str, Any], *, note: str | None = None) -> str:
+    query = response["query"]
+    what = f'text "{query["text"]}"' if query["type"] == "text" else f"image {query.get('source') or query['sha256'][:16]}"
+    lines = [f"Query: {what} — {len(response['results'])} result(s) in {response['took_ms']:.0f} ms"]
+    if note:
+        lines.append(f"  ({note})")
+    for rank, r in enumerate(response["results"], 1):
+        size = f"{r['width']}x{r['height']}" if r.get("width") else "?"
+        lines.append(f"{rank:>3}. {r['score']:.3f}  {r['match']:<8} {size:>9} {r.get('format') or '':<5} "
+                     f"{r.get('image_name') or r['image_id'][:16]}  <{r.get('image_url')}>")
+        for source in r["sources"][:3]:
+            title = source.get("page_title") or "(untitled)"
+            lines.append(f"        seen on {title} <{source['page_url']}> since {_day(source.get('first_seen'))}")
+        more = r["sources_total"] - min(3, len(r["sources"]))
+        if more > 0:
+            lines.append(f"        … and {more} more page(s)")
+    if not response["results"]:
+        lines.append("  no match")
+    return "\n".join(lines)
