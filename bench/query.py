@@ -185,6 +185,7 @@ class Row:
     p99: float
     took_p50: float
     took_p99: float
+    load: float
 
 
 def run_row(client: Elasticsearch, alias: str, queries: np.ndarray, warmup: np.ndarray, truth: np.ndarray, *,
@@ -207,19 +208,24 @@ def run_row(client: Elasticsearch, alias: str, queries: np.ndarray, warmup: np.n
         recalls.append(len(set(hits) & set(expected.tolist())) / k)
     return Row(label, num_candidates, oversample, float(np.mean(recalls)), float(np.percentile(recalls, 10)),
                float(np.min(recalls)), short, float(np.percentile(latencies, 50)),
-               float(np.percentile(latencies, 99)), float(np.percentile(tooks, 50)), float(np.percentile(tooks, 99)))
+               float(np.percentile(latencies, 99)), float(np.percentile(tooks, 50)), float(np.percentile(tooks, 99)),
+               os.getloadavg()[0])
 
 
 def print_table(title: str, rows: list[Row], k: int, queries: int) -> None:
     print(f"\n{title}  (k={k}, {queries} timed queries per row after {WARMUP_PER_ROW} warm-up, sequential)")
     head = (f"{'':>9} {'num_cand':>8} {'oversample':>10} {'recall@' + str(k):>9} {'rec p10':>7} {'worst':>5} "
-            f"{'<k hits':>7} {'p50 ms':>7} {'p99 ms':>7} {'took p50':>8} {'took p99':>8}")
+            f"{'<k hits':>7} {'p50 ms':>7} {'p99 ms':>7} {'took p50':>8} {'took p99':>8} {'load1':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r.label:>9} {r.num_candidates:>8} {('-' if not r.oversample else f'{r.oversample:g}'):>10} "
               f"{r.recall:>9.3f} {r.recall_p10:>7.2f} {r.worst:>5.1f} {r.short:>7} {r.p50:>7.1f} {r.p99:>7.1f} "
-              f"{r.took_p50:>8.0f} {r.took_p99:>8.0f}")
+              f"{r.took_p50:>8.0f} {r.took_p99:>8.0f} {r.load:>5.1f}")
+    print(f"recall@{k}: mean over queries, against numpy brute force (filtered rows: over the filtered docs); "
+          f"rec p10 / worst: 10th percentile / minimum per query; <k hits: queries answered with fewer than k; "
+          f"p50/p99 ms: client wall time; took: server-side ms; load1: 1-min load average at the row's end "
+          f"({os.cpu_count()} cores; above that, other processes competed for the CPU)")
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -254,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=100_000, help="documents to load")
     p.add_argument("--queries", type=int, default=200, help="timed queries per row")
     p.add_argument("--clusters", type=int, default=300, help="cluster centres")
-    p.add_argument("--spread", type=float, default=0.75,
+    p.add_argument("--spread", type=float, default=0.9,
                    help="mean cosine between a member and its centre (lower = harder)")
     p.add_argument("--dims", type=int, default=DEFAULT_DIMS)
     p.add_argument("--k", type=int, default=10)

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start Elasticsearch, crawl a sample site, run an image and a text "
                                              "query")
-    demo.add_argument("--index", help=f"index alias for the demo (default imgsearch-demo)")
+    demo.add_argument("--index", help="index alias for the demo (default imgsearch-demo)")
     demo.set_defaults(func=lambda args: __import__("cli.demo", fromlist=["run_demo"]).run_demo(args))
 
     replay_parser = commands.add_parser("replay", help="send a dead-letter file's writes again")

@@ -1,0 +1,189 @@
+"""Queries by image and by text against a crawled index, through the Python API and `imgsearch search`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from crawler.config import load_settings
+from crawler.sample_site import Route, SiteServer, encode, page, photo_like
+from query import QueryInputError, Searcher
+from tests.test_crawl import crawl
+
+IMAGES_PER_SITE = 12
+
+
+def gallery(seed_base: int) -> dict[str, Route]:
+    routes = {}
+    cells = []
+    for i in range(IMAGES_PER_SITE):
+        path = f"/photos/p{seed_base + i}.jpg"
+        routes[path] = Route(encode(photo_like(seed_base + i, 360 + 20 * (i % 4), 300)), "image/jpeg")
+        cells.append(f'<img src="{path}" alt="photo {i}">')
+    routes["/"] = page(f"Gallery {seed_base}", "".join(cells))
+    return routes
+
+
+@pytest.fixture(scope="module")
+def indexed(crawl_settings_env, index_alias, tmp_path_factory, es):
+    """Two small sites crawled into the module's index: one on 127.0.0.1, one on localhost."""
+    env = {**crawl_settings_env, "IMGSEARCH_INDEX": index_alias}
+    with SiteServer(gallery(100)) as first, SiteServer(gallery(200), host="localhost") as second:
+        tmp = tmp_path_factory.mktemp("query-crawl")
+        crawl(env, tmp, first.url + "/")
+        crawl(env, tmp, f"http://localhost:{second.port}/")
+        es.indices.refresh(index=f"{index_alias},{index_alias}-sources")
+        yield {"env": env, "first": first, "second": second}
+
+
+@pytest.fixture(scope="module")
+def searcher(indexed, index_alias):
+    settings = load_settings({k: v for k, v in indexed["env"].items()})
+    searcher = Searcher(settings)
+    yield searcher
+    searcher.close()
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_a_crawled_image_finds_itself_first_as_exact_with_its_page(searcher, indexed, index_alias, tmp_path):
+    original = indexed["first"].routes["/photos/p103.jpg"].body
+    path = tmp_path / "query.jpg"
+    path.write_bytes(original)
+    response = searcher.search_image(str(path), k=5, index=index_alias)
+    first = response["results"][0]
+    assert first["match"] == "exact" and first["score"] == 1.0
+    assert first["image_url"].endswith("/photos/p103.jpg")
+    assert [s["page_url"] for s in first["sources"]] == [indexed["first"].url + "/"]
+    assert first["sources"][0]["page_title"] == "Gallery 100"
+    assert first["sources_total"] == 1
+    assert len(response["results"]) == 5
+    assert len({r["image_id"] for r in response["results"]}) == 5, "an image is never listed twice"
+    assert all(r["match"] == "semantic" for r in response["results"][1:])
+
+
+def test_a_resized_recompressed_copy_finds_its_original_in_the_top_3(searcher, indexed, index_alias):
+    with Image.open(io.BytesIO(indexed["first"].routes["/photos/p105.jpg"].body)) as im:
+        copy = im.resize((im.width // 2, im.height // 2))
+    buffer = io.BytesIO()
+    copy.save(buffer, format="JPEG", quality=60)
+    response = searcher.search_image(buffer.getvalue(), k=5, index=index_alias)
+    top3 = [r["image_url"].rsplit("/", 1)[-1] for r in response["results"][:3]]
+    assert "p105.jpg" in top3
+    assert all(r["match"] != "exact" for r in response["results"])
+
+
+def test_pil_and_bytes_sources_give_the_same_answer(searcher, indexed, index_alias):
+    data = indexed["first"].routes["/photos/p101.jpg"].body
+    by_bytes = searcher.search_image(data, k=3, index=index_alias)
+    with Image.open(io.BytesIO(data)) as im:
+        by_pil = searcher.search_image(im.convert("RGB"), k=3, index=index_alias)
+    assert by_bytes["results"][0]["match"] == "exact"
+    assert by_pil["results"][0]["image_url"] == by_bytes["results"][0]["image_url"]
+
+
+def test_domain_filter_is_a_prefilter_that_still_returns_k(searcher, index_alias):
+    for domain in ("127.0.0.1", "localhost"):
+        response = searcher.search_text("a photo", k=10, domain=domain, index=index_alias)
+        assert len(response["results"]) == 10
+        assert all(domain in r["domains"] for r in response["results"])
+
+
+def test_text_query_json_has_the_documented_shape(indexed, index_alias):
+    result = cli(indexed["env"], "search", "--text", "un chat noir", "--k", "4", "--index", index_alias, "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert set(body) == {"query", "took_ms", "results"}
+    assert body["query"]["text"] == "un chat noir" and body["query"]["type"] == "text"
+    assert len(body["results"]) == 4
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    for r in body["results"]:
+        assert {"score", "match", "image_id", "image_url", "image_name", "relative_path", "width", "height",
+                "sources", "sources_total"} <= set(r)
+        assert {"page_url", "page_title", "first_seen", "last_seen"} <= set(r["sources"][0])
+
+
+def test_table_output_names_results_and_pages(indexed, index_alias, tmp_path):
+    path = tmp_path / "q.jpg"
+    path.write_bytes(indexed["second"].routes["/photos/p202.jpg"].body)
+    result = cli(indexed["env"], "search", "--image", str(path), "--k", "3", "--index", index_alias)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "exact" in lines[1] and "p202.jpg" in lines[1]
+    assert "seen on Gallery 200" in lines[2]
+
+
+def test_a_loopback_url_is_refused_unless_allowed(indexed, index_alias):
+    url = indexed["first"].url + "/photos/p104.jpg"
+    refused = cli(indexed["env"], "search", "--image", url, "--index", index_alias)
+    assert refused.returncode == 2
+    assert "internal address 127.0.0.1" in refused.stderr and "--allow-private" in refused.stderr
+    before = indexed["first"].requests["/photos/p104.jpg"]
+    allowed = cli(indexed["env"], "search", "--image", url, "--index", index_alias, "--allow-private", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["results"][0]["match"] == "exact"
+    assert indexed["first"].requests["/photos/p104.jpg"] == before + 1
+
+
+@pytest.mark.parametrize("case", ["missing_file", "not_an_image", "missing_index", "unreachable", "model_offline"])
+def test_each_error_is_one_line_with_status_2(case, indexed, index_alias, tmp_path):
+    env = dict(indexed["env"])
+    args = ["search", "--text", "x", "--index", index_alias]
+    if case == "missing_file":
+        args, expected = ["search", "--image", str(tmp_path / "nope.jpg"), "--index", index_alias], "no such file"
+    elif case == "not_an_image":
+        text = tmp_path / "notes.txt"
+        text.write_text("just some words, not an image")
+        args, expected = ["search", "--image", str(text), "--index", index_alias], "not a usable image (not_image"
+    elif case == "missing_index":
+        args, expected = ["search", "--text", "x", "--index", "no-such-index"], "imgsearch index create"
+    elif case == "unreachable":
+        env.update(ES_URL="http://elastic:hunter2@127.0.0.1:9", ES_PASSWORD="hunter2")
+        expected = "unreachable at http://***@127.0.0.1:9"
+    else:
+        env.update(IMGSEARCH_TEXT_MODEL="sentence-transformers/clip-ViT-B-32-multilingual-v1", HF_HUB_OFFLINE="1")
+        expected = "HF_HUB_OFFLINE"
+    result = cli(env, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgsearch: error: "), result.stderr
+    assert expected in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_query_input_errors_from_python(searcher, index_alias):
+    with pytest.raises(QueryInputError, match="empty"):
+        searcher.search_text("  ", index=index_alias)
+    with pytest.raises(QueryInputError):
+        searcher.search_image(b"", index=index_alias)
+
+
+def test_demo_runs_to_the_end_with_stand_in_models(es_settings, tmp_path):
+    env = {"IMGSEARCH_IMAGE_MODEL": "sentence-transformers/clip-ViT-B-32",
+           "IMGSEARCH_TEXT_MODEL": "sentence-transformers/clip-ViT-B-32-multilingual-v1",
+           "HF_HUB_OFFLINE": "1", "FILES_STORE": str(tmp_path / "store"),
+           "IMGSEARCH_INDEX_DEAD_LETTER_DIR": str(tmp_path / "dead")}
+    result = subprocess.run([sys.executable, "-m", "cli", "demo", "--index", "test-demo"], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, **env})
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        out = result.stdout
+        assert "stand-in models" in out
+        assert out.count("Query: ") == 2
+        assert "1. 1.000" in out or " 1. " in out
+        assert "seen on Gallery" in out
+        assert "no match" not in out
+    finally:
+        cli({}, "index", "delete", "--index", "test-demo", "--yes")
