@@ -11,7 +11,10 @@ def _day(timestamp: str | None) -> str:
 
 def results_table(response: dict[str, Any], *, note: str | None = None) -> str:
     query = response["query"]
-    what = f'text "{query["text"]}"' if query["type"] == "text" else f"image {query.get('source') or query['sha256'][:16]}"
+    if query["type"] == "text":
+        what = f'text "{query["text"]}"'
+    else:
+        what = f"image {query.get('source') or query['sha256'][:16]}"
     lines = [f"Query: {what} — {len(response['results'])} result(s) in {response['took_ms']:.0f} ms"]
     if note:
         lines.append(f"  ({note})")
