@@ -24,7 +24,6 @@ from scrapy.exceptions import DropItem, IgnoreRequest
 from scrapy.pipelines.files import FilesPipeline, FSFilesStore
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer
-from twisted.internet.error import ConnectError, DNSLookupError, TCPTimedOutError, TimeoutError
 
 from pipelines import imaging
 
@@ -76,17 +75,20 @@ def relative_path_for(sha256: str, fmt: str) -> str:
 
 
 def download_failure_reason(exc: BaseException) -> str:
+    """A snake_case reason for a failed download (Scrapy's own exceptions, or Twisted's in older versions)."""
     if isinstance(exc, IgnoreRequest):
         return "robots_disallowed" if "robots.txt" in str(exc) else "ignored"
-    if isinstance(exc, (TimeoutError, TCPTimedOutError, defer.TimeoutError)):
-        return "timeout"
-    if isinstance(exc, DNSLookupError):
-        return "dns_error"
-    if isinstance(exc, ConnectError):
-        return "connection_error"
-    name = type(exc).__name__
-    if name == "DownloadCancelledError" or "maxsize" in str(exc) or "max size" in str(exc):
-        return imaging.TOO_LARGE
+    by_name = {
+        "DownloadTimeoutError": "timeout", "TimeoutError": "timeout", "TCPTimedOutError": "timeout",
+        "CannotResolveHostError": "dns_error", "DNSLookupError": "dns_error",
+        "DownloadConnectionRefusedError": "connection_refused", "ConnectionRefusedError": "connection_refused",
+        "ConnectError": "connection_error", "ConnectionLost": "connection_lost",
+        "ResponseDataLossError": "data_loss", "ResponseFailed": "connection_lost",
+        "DownloadCancelledError": imaging.TOO_LARGE, "UnsupportedURLSchemeError": "unsupported_scheme",
+    }
+    for cls in type(exc).__mro__:
+        if cls.__name__ in by_name:
+            return by_name[cls.__name__]
     return "download_error"
 
 

@@ -167,3 +167,26 @@ def test_a_trickle_smaller_than_one_batch_still_finishes(crawl_env, tmp_path, es
             delete_indices(es, f"{index_alias}-trickle")
     assert stats["imgsearch/index/indexed"] == 1
     assert stats["finish_reason"] == "finished"
+
+
+def test_urls_file_crawls_listed_pages_and_direct_images(crawl_env, tmp_path, es, index_alias):
+    alias = f"{index_alias}-urls"
+    with SiteServer({"/page.html": page("Listed", '<img src="/in-page.jpg">'),
+                     "/in-page.jpg": Route(encode(photo_like(40, 300, 300)), JPEG),
+                     "/direct.png": Route(encode(photo_like(41, 300, 300), "PNG"), "image/png"),
+                     "/served-as-page": Route(encode(photo_like(42, 300, 300)), JPEG)}) as listed:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"# pages and images\n{listed.url}/page.html\n\n{listed.url}/direct.png\n"
+                        f"{listed.url}/served-as-page\nnot a url\n{listed.url}/gone.html\n")
+        try:
+            stats = crawl({**crawl_env, "IMGSEARCH_INDEX": alias}, tmp_path, "--urls-file", str(urls))
+            es.indices.refresh(index=alias)
+            urls_indexed = sorted(h["_source"]["image_url"].rsplit("/", 1)[-1]
+                                  for h in es.search(index=alias, size=10)["hits"]["hits"])
+        finally:
+            from index_setup.indices import delete_indices
+
+            delete_indices(es, alias)
+    assert urls_indexed == ["direct.png", "in-page.jpg", "served-as-page"]
+    assert stats["imgsearch/find/failed/http_404"] == 1
+    assert listed.requests["/direct.png"] == 1, "a direct image URL is downloaded once, by the fetch stage"

@@ -7,6 +7,8 @@ from typing import Any
 
 import scrapy
 from scrapy.http import Response, TextResponse
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.python.failure import Failure
 
 from crawler.extract import extract_images, page_title
 from crawler.items import ImageItem
@@ -32,7 +34,20 @@ def split_arg(value: Any) -> list[str]:
 
 
 class ImageSpider(scrapy.Spider):
-    """Base: page responses that are images themselves become items whose page is the image URL."""
+    """Base: page responses that are images themselves become items whose page is the image URL; a page that
+    cannot be fetched is one counted, logged reason, not a traceback."""
+
+    def page_request(self, url: str, **kwargs: Any) -> scrapy.Request:
+        return scrapy.Request(url, callback=self.parse, errback=self.page_failed, **kwargs)
+
+    def page_failed(self, failure: Failure) -> None:
+        from pipelines.fetch import download_failure_reason
+
+        reason = download_failure_reason(failure.value)
+        if isinstance(failure.value, HttpError):
+            reason = f"http_{failure.value.response.status}"
+        self.crawler.stats.inc_value(f"imgsearch/find/failed/{reason}")
+        self.logger.warning("Page failed %s (%s): %s", reason, failure.request.url, failure.getErrorMessage())
 
     def direct_image_item(self, response: Response) -> ImageItem | None:
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").lower()

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import scrapy
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 
@@ -40,6 +39,10 @@ class SiteSpider(ImageSpider):
         self.links = LinkExtractor(allow=allow_patterns, deny=deny_patterns)
         self.pages_requested = len(self.start_urls)
 
+    async def start(self) -> Any:
+        for url in self.start_urls:
+            yield self.page_request(url, dont_filter=True)
+
     def on_site(self, url: str) -> bool:
         host = (urlsplit(url).hostname or "").lower()
         return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
@@ -58,4 +61,4 @@ class SiteSpider(ImageSpider):
             if self.max_pages and self.pages_requested >= self.max_pages:
                 return
             self.pages_requested += 1
-            yield scrapy.Request(link.url, callback=self.parse)
+            yield self.page_request(link.url)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import scrapy
 from scrapy.http import Response
 
 from crawler.items import ImageItem
@@ -46,7 +45,7 @@ class UrlsSpider(ImageSpider):
                 # A direct image: the fetch stage downloads it; no need to fetch it as a page first.
                 yield ImageItem(page_url=url, page_title="", alt_text="", image_url=url)
             else:
-                yield scrapy.Request(url, callback=self.parse)
+                yield self.page_request(url)
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         direct = self.direct_image_item(response)
