@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_BACKOFF_SECONDS = 60.0
+MAX_CONFLICT_ROUNDS = 5  # re-reads of an image document that changed between our read and our write
 
 
 # -- pure builders ---------------------------------------------------------------------------------------------
@@ -93,11 +94,13 @@ def source_action(index: str, item: Any, now: str) -> dict[str, Any]:
 
 
 def image_actions(index: str, items: list[Any], stored_domains: dict[str, list[str] | None],
-                  now: str) -> dict[str, dict[str, Any]]:
+                  now: str, versions: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, Any]]:
     """One write per distinct image in the batch: a create-only full document for an image not yet stored,
     a partial update (last_seen, domains merged with the stored ones) for one that is.
 
-    `stored_domains` maps image id to the stored document's domains, or None where there is no document.
+    `stored_domains` maps image id to the stored document's domains, or None where there is no document;
+    `versions` maps image id to the (seq_no, primary_term) they were read at: the update then applies only to
+    that version (a 409 otherwise), so that two writers cannot each drop the other's domains.
     """
     actions: dict[str, dict[str, Any]] = {}
     by_id: dict[str, list[Any]] = {}
@@ -113,12 +116,35 @@ def image_actions(index: str, items: list[Any], stored_domains: dict[str, list[s
         else:
             actions[image_id] = {"op": "update", "index": index, "id": image_id,
                                  "body": {"doc": {"last_seen": now, "domains": domains}}}
+            if versions and image_id in versions:
+                actions[image_id]["if_seq_no"], actions[image_id]["if_primary_term"] = versions[image_id]
     return actions
+
+
+def is_image_write(action: dict[str, Any]) -> bool:
+    """Whether an action writes an image document (a create, or an update of last_seen and domains)."""
+    body = action["body"]
+    return "domains" in body.get("doc", body)
+
+
+def rebase_image_action(action: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """An image write made against an older state, redone against `stored` (see `stored_images`): an update
+    of that version, adding the action's domains to the stored ones, moving last_seen only forward."""
+    if stored is None:
+        return action
+    body = action["body"].get("doc", action["body"])
+    last_seen = max((v for v in (stored.get("last_seen"), body.get("last_seen")) if v), default=None)
+    domains = sorted(set(stored.get("domains") or []) | set(body.get("domains") or []))
+    return {"op": "update", "index": action["index"], "id": action["id"],
+            "body": {"doc": {"last_seen": last_seen, "domains": domains}},
+            "if_seq_no": stored["seq_no"], "if_primary_term": stored["primary_term"]}
 
 
 def bulk_operations(actions: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for action in actions:
-        yield {action["op"]: {"_index": action["index"], "_id": action["id"]}}
+        meta = {"_index": action["index"], "_id": action["id"]}
+        meta.update({k: action[k] for k in ("if_seq_no", "if_primary_term") if k in action})
+        yield {action["op"]: meta}
         yield action["body"]
 
 
@@ -140,6 +166,8 @@ class SendStats:
 
 def _failure_reason(exc: BaseException) -> tuple[str, int | None, bool]:
     """(reason, status, retryable) of an exception from a whole bulk request."""
+    if isinstance(exc, elastic_transport.SerializationError):
+        return "serialization_error", None, False  # a TransportError, but nothing was sent
     if isinstance(exc, elasticsearch.ApiError):
         status = exc.meta.status
         return f"http_{status}", status, status in RETRYABLE_STATUS
@@ -153,7 +181,7 @@ def _failure_reason(exc: BaseException) -> tuple[str, int | None, bool]:
 def _retry_after(exc: BaseException) -> float:
     headers = getattr(getattr(exc, "meta", None), "headers", None) or {}
     try:
-        return float(headers.get("Retry-After", 0))
+        return min(float(headers.get("Retry-After", 0)), MAX_BACKOFF_SECONDS)
     except (TypeError, ValueError):
         return 0.0
 
@@ -163,6 +191,10 @@ async def send_actions(client: AsyncElasticsearch, actions: list[dict[str, Any]]
     """Send actions in one bulk request, retrying only what failed for a retryable reason (429, 5xx,
     connection errors, timeouts) with exponential backoff. One Outcome per action, in order."""
     stats = stats if stats is not None else SendStats()
+    if not actions:
+        return []
+    # The retries are ours (with backoff, Retry-After and a count): the transport's own, made at once, are off.
+    client = client.options(max_retries=0)
     outcomes: list[Outcome | None] = [None] * len(actions)
     pending = list(range(len(actions)))
     for attempt in range(max_retries + 1):
@@ -204,39 +236,85 @@ async def send_actions(client: AsyncElasticsearch, actions: list[dict[str, Any]]
     return [o if o is not None else Outcome(False, reason="not_sent") for o in outcomes]
 
 
-async def stored_domains(client: AsyncElasticsearch, index: str, ids: list[str]) -> dict[str, list[str] | None]:
-    """Domains of the stored image documents, None for ids with no document."""
+async def stored_images(client: AsyncElasticsearch, index: str,
+                        ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Domains, last_seen, seq_no and primary_term of the stored image documents, None for ids with none."""
     if not ids:
         return {}
-    response = await client.mget(index=index, ids=ids, source=["domains"])
-    return {doc["_id"]: (doc.get("_source", {}).get("domains") or []) if doc.get("found") else None
+    response = await client.mget(index=index, ids=ids, source=["domains", "last_seen"])
+    return {doc["_id"]: {"domains": doc.get("_source", {}).get("domains") or [],
+                         "last_seen": doc.get("_source", {}).get("last_seen"),
+                         "seq_no": doc["_seq_no"], "primary_term": doc["_primary_term"]} if doc.get("found") else None
             for doc in response["docs"]}
+
+
+async def stored_domains(client: AsyncElasticsearch, index: str, ids: list[str]) -> dict[str, list[str] | None]:
+    """Domains of the stored image documents, None for ids with no document."""
+    return {k: v["domains"] if v else None for k, v in (await stored_images(client, index, ids)).items()}
 
 
 async def write_image_actions(client: AsyncElasticsearch, index: str, items: list[Any], now: str, *,
                               max_retries: int, backoff: float,
                               stats: SendStats) -> tuple[dict[str, dict[str, Any]], dict[str, Outcome]]:
-    """Write one action per distinct image of `items`; a create that loses a race becomes an update."""
+    """Write one action per distinct image of `items`; a create that loses a race becomes an update, and an
+    update of a document that changed since it was read is made again on the new version."""
     ids = sorted({i["image_id"] for i in items})
     try:
-        stored = await stored_domains(client, index, ids)
+        stored = await stored_images(client, index, ids)
     except (elastic_transport.TransportError, elasticsearch.ApiError):
         stored = {}  # the bulk below meets the same trouble and is retried or dead-lettered with its reason
-    actions = image_actions(index, items, stored, now)
+    actions = image_actions(index, items, {k: v["domains"] if v else None for k, v in stored.items()}, now,
+                            versions={k: (v["seq_no"], v["primary_term"]) for k, v in stored.items() if v})
     order = list(actions)
     results = dict(zip(order, await send_actions(client, [actions[i] for i in order], max_retries=max_retries,
                                                   backoff=backoff, stats=stats), strict=True))
-    conflicts = [i for i in order if actions[i]["op"] == "create" and results[i].status == 409]
-    if conflicts:
-        # Stored meanwhile (another crawler, or an earlier attempt whose answer was lost): merge into it.
-        stored = await stored_domains(client, index, conflicts)
-        retry = image_actions(index, [i for i in items if i["image_id"] in conflicts],
-                              {k: v or [] for k, v in stored.items()}, now)
+    await _resolve_conflicts(client, actions, results, max_retries=max_retries, backoff=backoff, stats=stats)
+    return actions, results
+
+
+async def _rebased(client: AsyncElasticsearch, actions: dict[Any, dict[str, Any]],
+                   keys: list[Any]) -> dict[Any, dict[str, Any]]:
+    """The image writes `keys` of `actions`, each redone against its document as stored now."""
+    rebased = {}
+    for index in sorted({actions[k]["index"] for k in keys}):
+        group = [k for k in keys if actions[k]["index"] == index]
+        try:
+            stored = await stored_images(client, index, sorted({actions[k]["id"] for k in group}))
+        except (elastic_transport.TransportError, elasticsearch.ApiError):
+            stored = {}  # sent as they are: the bulk meets the same trouble and reports it
+        rebased.update({k: rebase_image_action(actions[k], stored.get(actions[k]["id"])) for k in group})
+    return rebased
+
+
+async def _resolve_conflicts(client: AsyncElasticsearch, actions: dict[Any, dict[str, Any]],
+                             results: dict[Any, Outcome], *, max_retries: int, backoff: float,
+                             stats: SendStats) -> None:
+    """Image writes that met a 409 (stored or changed meanwhile: another batch or crawler, or an earlier attempt
+    whose answer was lost), read again and merged into the stored document, a few times at most. In place."""
+    for _ in range(MAX_CONFLICT_ROUNDS):
+        conflicts = [k for k, action in actions.items() if is_image_write(action) and results[k].status == 409]
+        if not conflicts:
+            return
+        retry = await _rebased(client, actions, conflicts)
         outcomes = await send_actions(client, list(retry.values()), max_retries=max_retries, backoff=backoff,
                                       stats=stats)
-        for (image_id, action), outcome in zip(retry.items(), outcomes, strict=True):
-            actions[image_id], results[image_id] = action, outcome
-    return actions, results
+        for (key, action), outcome in zip(retry.items(), outcomes, strict=True):
+            actions[key], results[key] = action, outcome
+
+
+def _without_repeats(actions: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive parts in which no document is written twice, so that each write can be based on the last."""
+    part: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for action in actions:
+        key = (action["index"], action["id"])
+        if key in seen:
+            yield part
+            part, seen = [], set()
+        part.append(action)
+        seen.add(key)
+    if part:
+        yield part
 
 
 # -- dead letters ----------------------------------------------------------------------------------------------
@@ -281,10 +359,16 @@ async def replay(client: AsyncElasticsearch, path: str | Path, *, dead_letter_di
     actions = read_dead_letters(path)
     failed = DeadLetters(dead_letter_dir, Path(path).stem + "-replay")
     written = 0
-    for start in range(0, len(actions), 500):
-        chunk = actions[start:start + 500]
-        outcomes = await send_actions(client, chunk, max_retries=max_retries, backoff=backoff)
-        for action, outcome in zip(chunk, outcomes, strict=True):
+    stats = SendStats()
+    parts = (part for start in range(0, len(actions), 500) for part in _without_repeats(actions[start:start + 500]))
+    for chunk in parts:
+        # Image writes were made against their documents as they were then: redo them on the stored ones.
+        todo = dict(enumerate(chunk))
+        todo.update(await _rebased(client, todo, [n for n, a in todo.items() if is_image_write(a)]))
+        results = dict(enumerate(await send_actions(client, list(todo.values()), max_retries=max_retries,
+                                                    backoff=backoff, stats=stats)))
+        await _resolve_conflicts(client, todo, results, max_retries=max_retries, backoff=backoff, stats=stats)
+        for action, outcome in zip(chunk, (results[n] for n in range(len(chunk))), strict=True):
             if outcome.ok or (action["op"] == "create" and outcome.status == 409):
                 written += 1  # a create that finds its document already stored has nothing left to do
             else:

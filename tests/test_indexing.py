@@ -511,8 +511,8 @@ def test_per_item_429s_retry_only_the_rejected_items(es, proxy, proxy_settings, 
         return None
 
     proxy.reset(rule)
-    image_id_items = [make_item(new_image_id(), f"https://p{i}.example/x") for i in range(30)]
-    actions = [source_action(sources_alias(index), item, T1) for item in image_id_items]
+    items = [make_item(new_image_id(), f"https://p{i}.example/x") for i in range(30)]
+    actions = [source_action(sources_alias(index), item, T1) for item in items]
     stats = SendStats()
     outcomes = run(proxy_settings,
                    lambda c: send_actions(c, actions, max_retries=5, backoff=BACKOFF, stats=stats))
@@ -521,7 +521,7 @@ def test_per_item_429s_retry_only_the_rejected_items(es, proxy, proxy_settings, 
     assert proxy.faults == ["Reply", "RejectItems", "pass"]
     assert proxy.bulk_sizes == [30, 30, 10]  # the retry carried only the rejected items
     assert stats.retried == 30 + 10
-    for item, action in zip(image_id_items, actions, strict=True):
+    for item, action in zip(items, actions, strict=True):
         assert source_of(es, sources_alias(index), action["id"])["page_url"] == item["page_url"]
 
 
@@ -605,14 +605,17 @@ def test_write_image_actions_goes_on_when_the_mget_fails(es, es_settings, index)
                                                       max_retries=1, backoff=BACKOFF, stats=SendStats()))
 
     class FailingMget:
+        """The first mget fails as if the node were unreachable; everything else goes through."""
+
         def __init__(self, client):
             self._client = client
+            self.failed = False
 
         def __getattr__(self, name):
             return getattr(self._client, name)
 
         async def mget(self, **kwargs):
-            if not getattr(self, "failed", False):
+            if not self.failed:
                 self.failed = True
                 raise elastic_transport.ConnectionError("injected")
             return await self._client.mget(**kwargs)
@@ -718,7 +721,7 @@ class MgetRendezvous:
         return response
 
 
-def test_bug_concurrent_batches_of_one_image_lose_a_domain(es, es_settings, index):
+def test_concurrent_batches_of_one_image_keep_every_domain(es, es_settings, index):
     image_id = new_image_id()
     es.create(index=index, id=image_id, document=create_action(index, image_id, "https://a.example/", T1)["body"])
 
@@ -736,7 +739,7 @@ def test_bug_concurrent_batches_of_one_image_lose_a_domain(es, es_settings, inde
     assert source_of(es, index, image_id)["domains"] == ["a.example", "b.example", "c.example"]
 
 
-def test_bug_replaying_an_old_update_drops_domains_added_since(es, es_settings, index, tmp_path):
+def test_replaying_an_old_update_keeps_domains_added_since(es, es_settings, index, tmp_path):
     image_id = new_image_id()
     es.create(index=index, id=image_id, document=create_action(index, image_id, "https://a.example/", T1)["body"])
     # A crawl at T2 sees the image on b.example; its update (domains [a, b]) fails and is dead-lettered.
@@ -759,7 +762,7 @@ def test_bug_replaying_an_old_update_drops_domains_added_since(es, es_settings, 
     assert doc["last_seen"] == T3  # and last_seen went back to T2
 
 
-def test_bug_replaying_a_create_whose_image_exists_drops_its_domains(es, es_settings, index, tmp_path):
+def test_replaying_a_create_whose_image_exists_keeps_its_domains(es, es_settings, index, tmp_path):
     image_id = new_image_id()
     failed = create_action(index, image_id, "https://b.example/", T1)  # dead-lettered: ES was down
     letters = DeadLetters(tmp_path, "imgs")
@@ -774,7 +777,7 @@ def test_bug_replaying_a_create_whose_image_exists_drops_its_domains(es, es_sett
     assert doc["domains"] == ["a.example", "b.example"]  # ...but b.example was never written anywhere
 
 
-def test_bug_a_serialization_error_is_not_retried_as_a_connection_error(proxy, proxy_settings, index):
+def test_a_serialization_error_is_not_retried_as_a_connection_error(proxy, proxy_settings, index):
     # A set: the serializer refuses it before anything is sent.
     action = create_action(index, new_image_id(), "https://a.example/", model={"not", "json"})
     stats = SendStats()
@@ -785,7 +788,7 @@ def test_bug_a_serialization_error_is_not_retried_as_a_connection_error(proxy, p
     assert stats.retried == 0  # today: 3 retries (with the default backoff of 1 s: 1 + 2 + 4 s of waiting)
 
 
-def test_bug_transport_retries_multiply_ours(proxy, proxy_settings, index):
+def test_transport_retries_do_not_multiply_ours(proxy, proxy_settings, index):
     # The pipeline's client comes from async_es_client (max_retries=2), whose transport re-sends 429/502/503/504
     # and connection errors itself, at once, without backoff, Retry-After or a count in the stats.
     proxy.reset(lambda n: Reply(429, {"Retry-After": "0"}))
