@@ -100,7 +100,10 @@ def domain_name(d: int) -> str:
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None,
                 chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and cosines of each query's k nearest vectors (all unit), best first; `mask` restricts the rows."""
+    """Rows and cosines of each query's k nearest vectors (all unit), best first; `mask` restricts the rows.
+
+    Where fewer than k rows pass the mask, the missing ones are -1.
+    """
     rows, sims = [], []
     for start in range(0, len(queries), chunk):
         s = queries[start:start + chunk] @ vectors.T
@@ -111,7 +114,9 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarr
         order = np.argsort(-top_s, axis=1)
         rows.append(np.take_along_axis(top, order, axis=1))
         sims.append(np.take_along_axis(top_s, order, axis=1))
-    return np.concatenate(rows), np.concatenate(sims)
+    rows_, sims_ = np.concatenate(rows), np.concatenate(sims)
+    rows_[np.isinf(sims_)] = -1  # fewer than k rows pass the mask
+    return rows_, sims_
 
 
 # ---------------------------------------------------------------------------------------------- ES
@@ -172,6 +177,30 @@ def knn_body(vector: list[float], k: int, num_candidates: int, oversample: float
     return knn
 
 
+def profile_work(client: Elasticsearch, alias: str, knn: dict[str, Any], k: int) -> tuple[int | None, int | None]:
+    """Vector comparisons and float-rescored candidates of one query, from the profile API (None if absent)."""
+    try:
+        shard = client.search(index=alias, knn=knn, size=k, source=False, profile=True)["profile"]["shards"][0]
+        knn_profile = shard["dfs"]["knn"][0]
+    except (KeyError, IndexError, TypeError):
+        return None, None
+    rescored = sum(q.get("breakdown", {}).get("score_count", 0) for q in knn_profile.get("query", [])
+                   if q.get("type") == "FunctionScoreQuery")
+    return knn_profile.get("vector_operations_count"), rescored
+
+
+def _opt(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def prefault(client: Elasticsearch, alias: str, vectors: np.ndarray, k: int, num_candidates: int) -> None:
+    """Bring the graph and vectors into the page cache before any row is timed (warm-up vectors, not queries)."""
+    for _ in range(3):
+        for vector in vectors:
+            client.search(index=alias, knn=knn_body(vector.tolist(), k, num_candidates, 4, None), size=k,
+                          source=False)
+
+
 @dataclass
 class Row:
     label: str
@@ -186,6 +215,8 @@ class Row:
     took_p50: float
     took_p99: float
     load: float
+    vector_ops: int | None
+    rescored: int | None
 
 
 def run_row(client: Elasticsearch, alias: str, queries: np.ndarray, warmup: np.ndarray, truth: np.ndarray, *,
@@ -197,34 +228,40 @@ def run_row(client: Elasticsearch, alias: str, queries: np.ndarray, warmup: np.n
 
     for vector in warmup:
         search(vector)
+    vector_ops, rescored = profile_work(client, alias, knn_body(warmup[0].tolist(), k, num_candidates, oversample,
+                                                                filter_), k)
     latencies, tooks, recalls, short = [], [], [], 0
     for vector, expected in zip(queries, truth, strict=True):
         started = time.perf_counter()
         response = search(vector)
         latencies.append((time.perf_counter() - started) * 1000.0)
         tooks.append(response["took"])
-        hits = [int(h["_id"], 16) for h in response["hits"]["hits"]]
-        short += len(hits) < k
-        recalls.append(len(set(hits) & set(expected.tolist())) / k)
+        hits = {int(h["_id"], 16) for h in response["hits"]["hits"]}
+        wanted = {int(r) for r in expected if r >= 0}
+        short += len(hits) < len(wanted)
+        recalls.append(len(hits & wanted) / len(wanted) if wanted else 1.0)
     return Row(label, num_candidates, oversample, float(np.mean(recalls)), float(np.percentile(recalls, 10)),
                float(np.min(recalls)), short, float(np.percentile(latencies, 50)),
                float(np.percentile(latencies, 99)), float(np.percentile(tooks, 50)), float(np.percentile(tooks, 99)),
-               os.getloadavg()[0])
+               os.getloadavg()[0], vector_ops, rescored)
 
 
 def print_table(title: str, rows: list[Row], k: int, queries: int) -> None:
     print(f"\n{title}  (k={k}, {queries} timed queries per row after {WARMUP_PER_ROW} warm-up, sequential)")
     head = (f"{'':>9} {'num_cand':>8} {'oversample':>10} {'recall@' + str(k):>9} {'rec p10':>7} {'worst':>5} "
-            f"{'<k hits':>7} {'p50 ms':>7} {'p99 ms':>7} {'took p50':>8} {'took p99':>8} {'load1':>5}")
+            f"{'<k hits':>7} {'p50 ms':>7} {'p99 ms':>7} {'took p50':>8} {'took p99':>8} {'vec ops':>7} "
+            f"{'rescored':>8} {'load1':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r.label:>9} {r.num_candidates:>8} {('-' if not r.oversample else f'{r.oversample:g}'):>10} "
               f"{r.recall:>9.3f} {r.recall_p10:>7.2f} {r.worst:>5.1f} {r.short:>7} {r.p50:>7.1f} {r.p99:>7.1f} "
-              f"{r.took_p50:>8.0f} {r.took_p99:>8.0f} {r.load:>5.1f}")
+              f"{r.took_p50:>8.0f} {r.took_p99:>8.0f} {_opt(r.vector_ops):>7} {_opt(r.rescored):>8} {r.load:>5.1f}")
     print(f"recall@{k}: mean over queries, against numpy brute force (filtered rows: over the filtered docs); "
-          f"rec p10 / worst: 10th percentile / minimum per query; <k hits: queries answered with fewer than k; "
-          f"p50/p99 ms: client wall time; took: server-side ms; load1: 1-min load average at the row's end "
+          f"rec p10 / worst: 10th percentile / minimum per query; <k hits: queries answered with fewer than k "
+          f"(or than the matching docs); "
+          f"p50/p99 ms: client wall time; took: server-side ms; vec ops / rescored: vector comparisons and "
+          f"float-rescored candidates of one profiled query (profile API); load1: 1-min load average at the row's end "
           f"({os.cpu_count()} cores; above that, other processes competed for the CPU)")
 
 
@@ -261,7 +298,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=200, help="timed queries per row")
     p.add_argument("--clusters", type=int, default=300, help="cluster centres")
     p.add_argument("--spread", type=float, default=0.9,
-                   help="mean cosine between a member and its centre (lower = harder)")
+                   help="mean cosine between a member and its centre (higher = tighter clusters, harder)")
     p.add_argument("--dims", type=int, default=DEFAULT_DIMS)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--num-candidates", type=_ints, default=[50, 100, 200], help="comma-separated")
@@ -285,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     filter_at = args.filter_at or [(100, None), (100, 3.0)]
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C raises KeyboardInterrupt even where the shell started us with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = load_settings({"ES_URL": args.es_url})
     client = es_client(settings)
     node = next(iter(client.nodes.info(node_id="_local", metric="jvm,os").body["nodes"].values()))
@@ -301,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     queries, _ = clusters.members(rng, args.queries)
     warmup, _ = clusters.members(rng, WARMUP_PER_ROW)
     domains = rng.integers(0, DOMAINS, size=args.vectors)
-    truth, sims = exact_top_k(vectors, queries, max(args.k + 1, 100))
     k = args.k
+    far = min(100, args.vectors - 1)
+    truth, sims = exact_top_k(vectors, queries, max(k + 1, far))
     sizes = np.bincount(labels, minlength=args.clusters)
     centre_cos = clusters.centres @ clusters.centres.T
     print(f"\nData: {args.vectors} x {args.dims} float32 unit vectors ({vectors.nbytes / 2**20:.0f} MiB) in "
@@ -311,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{centre_cos[np.triu_indices(args.clusters, 1)].mean():.2f}; {args.queries} queries = new members; "
           f"generated + brute force in {time.perf_counter() - t0:.1f} s")
     print(f"Contrast (exact cosines, mean over queries): top-1 {sims[:, 0].mean():.4f}, top-{k} "
-          f"{sims[:, k - 1].mean():.4f}, top-100 {sims[:, 99].mean():.4f}; "
+          f"{sims[:, k - 1].mean():.4f}, top-{far} {sims[:, far - 1].mean():.4f}; "
           f"top-1 minus top-{k} {np.mean(sims[:, 0] - sims[:, k - 1]):.4f}, top-{k} minus top-{k + 1} "
           f"{np.mean(sims[:, k - 1] - sims[:, k]):.5f}")
     truth = truth[:, :k]
@@ -333,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{stats['bytes'] / 2**20:.1f} MiB")
         print(f"Pre-filter: term domains={domain_name(filter_domain)} matches {int(mask.sum())} docs "
               f"({mask.mean():.1%})")
-        # Fault the graph and vectors into the page cache once before any row is timed.
-        for vector in queries[: min(50, len(queries))]:
-            client.search(index=alias, knn=knn_body(vector.tolist(), k, max(args.num_candidates), None, None),
-                          size=k, source=False)
+        prefault(client, alias, warmup, k, max(args.num_candidates))
 
         phases = {"no": ["loaded"], "yes": ["merged"], "both": ["loaded", "merged"]}[args.merge]
         for phase in phases:
@@ -348,14 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                 stats = index_stats(client, alias)
                 print(f"\nForce-merged to {stats['segments']} segment in {merge_s:.1f} s; store "
                       f"{stats['bytes'] / 2**20:.1f} MiB")
-                for vector in queries[: min(50, len(queries))]:
-                    client.search(index=alias, size=k, source=False,
-                                  knn=knn_body(vector.tolist(), k, max(args.num_candidates), None, None))
+                prefault(client, alias, warmup, k, max(args.num_candidates))
             rows = []
             for nc in args.num_candidates:
                 for oversample in [None, *args.oversample]:
-                    if oversample and k * oversample > nc:
-                        continue
                     rows.append(run_row(client, alias, queries, warmup, truth, k=k, num_candidates=nc,
                                         oversample=oversample))
             for nc, oversample in filter_at:
@@ -371,4 +404,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
