@@ -1,0 +1,168 @@
+"""64-bit DCT perceptual hashes (pHash) for the near-duplicate channel: catch resized, recompressed, grey or cropped
+copies of an image.
+
+At download time an image gets 16 hashes (:func:`image_hashes`): the whole image, then 15 crops of it (95 %, 90 %
+and 80 % of each side, anchored at the four corners and at the centre). A query image is hashed once, whole
+(:func:`query_hash`), and matches an indexed image when it is within a few bits (``MATCH_BITS``, Hamming distance)
+of any of that image's hashes: a crop of the original looks like one of the stored crops. Images whose shortest
+side is under ``MIN_CROP_SIDE`` keep the whole-image hash only.
+
+The hash is ``imagehash.phash`` (hash_size 8, highfreq_factor 4) bit for bit: grey -> 32x32 Lanczos -> 2-D DCT-II
+-> the 8x8 lowest frequencies compared with their median, row by row, the first bit the most significant (so
+:func:`to_hex` equals ``str(imagehash.phash(image))``). Here the grey conversion runs once per image, not once per
+crop (converting then cropping gives the same pixels as cropping then converting), and the 16 DCTs run as one
+batch; the cost left is Pillow's 16 resizes (about 8 ms for a 448x336 image on one core).
+
+Elasticsearch (8.15+) stores a hash as a ``dense_vector`` with ``element_type: "bit"``, ``dims: 64``, given either
+as 16 hex digits (:func:`to_es_bits`) or as 8 signed bytes (:func:`to_bit_vector`), first bits first. Its only
+similarity for bit vectors, ``l2_norm``, is the Hamming distance: a kNN ``similarity`` of ``MATCH_BITS`` keeps
+hashes at most that many bits away, and the ``_score`` is ``(64 - hamming) / 64`` (:func:`hamming_from_score`).
+
+pHash compares 64 DCT coefficients with their median, so a hash has 32 bits set unless coefficients tie (flat
+images: a blank image hashes to ``8000000000000000`` or ``0000000000000000``), and distances between ordinary
+hashes are even.
+
+Everything here is a pure function of its arguments, safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fftpack
+from PIL import Image
+
+CROP_SCALES = (0.95, 0.90, 0.80)
+ANCHORS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+WHOLE = "whole"
+CROP_NAMES = (WHOLE, *(f"{round(scale * 100)}_{anchor}" for scale in CROP_SCALES for anchor in ANCHORS))
+HASH_BITS = 64
+# The hash's input grid (hash_size 8 x highfreq_factor 4, as imagehash.phash).
+HASH_INPUT_SIDE = 32
+# Below this shortest side only the whole image is hashed. Such images are icons, logos, avatars and thumbnails,
+# many per page, where 15 more nested vectors each cost index size and, on flat drawings (whose DCT coefficients
+# tie), chances of false matches, for copies that are rarely cropped. From 64 px up the smallest crop (80 %) is
+# still >= 51 px, so every crop is shrunk onto the 32x32 grid, never enlarged.
+MIN_CROP_SIDE = 64
+# Hamming distance at or below which two hashes are the same picture (measured: edited and cropped copies within
+# 10 bits, different pictures almost never).
+MATCH_BITS = 10
+
+_HASH_SIDE = 8
+_BYTES = HASH_BITS // 8
+_MAX_BITS = (1 << HASH_BITS) - 1
+
+
+@dataclass(frozen=True)
+class PerceptualHash:
+    """One 64-bit pHash: ``crop`` names the part of the image hashed ("whole" or e.g. "90_top_left")."""
+
+    crop: str
+    bits: int
+
+    @property
+    def hex(self) -> str:
+        return to_hex(self.bits)
+
+
+def image_hashes(image: Image.Image) -> list[PerceptualHash]:
+    """The 16 hashes of an image: the whole image first, then the crops in ``CROP_NAMES`` order.
+
+    An image whose shortest side is under ``MIN_CROP_SIDE`` gets the whole-image hash only. ``image`` is any
+    Pillow image (RGB from ``pipelines.imaging.load_image``); it is converted to grey once, as imagehash does
+    for each hash.
+    """
+    grey = image.convert("L")
+    boxes = [(WHOLE, (0, 0, *grey.size))]
+    if min(grey.size) >= MIN_CROP_SIDE:
+        boxes.extend(zip(CROP_NAMES[1:], crop_boxes(*grey.size), strict=True))
+    grids = np.stack([_hash_input(grey.crop(box) if name != WHOLE else grey) for name, box in boxes])
+    return [PerceptualHash(name, bits) for (name, _), bits in zip(boxes, _phash_bits(grids), strict=True)]
+
+
+def query_hash(image: Image.Image) -> PerceptualHash:
+    """The whole-image hash of a query image: what the stored hashes, crops included, are compared with."""
+    grey = image.convert("L")
+    return PerceptualHash(WHOLE, _phash_bits(_hash_input(grey)[np.newaxis])[0])
+
+
+def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """The 15 crop boxes (left, top, right, bottom) of a ``width`` x ``height`` image, in ``CROP_NAMES`` order."""
+    boxes = []
+    for scale in CROP_SCALES:
+        w, h = round(width * scale), round(height * scale)
+        corners = {
+            "top_left": (0, 0),
+            "top_right": (width - w, 0),
+            "bottom_left": (0, height - h),
+            "bottom_right": (width - w, height - h),
+            "center": ((width - w) // 2, (height - h) // 2),
+        }
+        boxes.extend((x, y, x + w, y + h) for x, y in (corners[anchor] for anchor in ANCHORS))
+    return boxes
+
+
+def hamming(a: int, b: int) -> int:
+    """The number of bits in which two hashes differ (0..64)."""
+    return (_checked(a) ^ _checked(b)).bit_count()
+
+
+def to_hex(bits: int) -> str:
+    """16 lower-case hex digits, most significant first: the keyword form, and ``str(imagehash.phash(...))``."""
+    return f"{_checked(bits):016x}"
+
+
+def from_hex(text: str) -> int:
+    """The inverse of :func:`to_hex` (upper case is accepted)."""
+    if len(text) != 2 * _BYTES or not all(c in string.hexdigits for c in text):
+        raise ValueError(f"a {HASH_BITS}-bit hash is {2 * _BYTES} hex digits, got {text!r}")
+    return int(text, 16)
+
+
+def to_es_bits(bits: int) -> str:
+    """The value of a ``dense_vector`` field with ``element_type: "bit"``, ``dims: 64``, as a hex string.
+
+    Elasticsearch (8.15+) reads a bit vector either as a hex string or as an array of ``dims / 8`` signed bytes
+    (:func:`to_bit_vector`); both mean the same bits, the first hex digit / byte holding the first dimensions.
+    The hex string is accepted when indexing and as a kNN ``query_vector``, and is shorter in JSON.
+    """
+    return to_hex(bits)
+
+
+def to_bit_vector(bits: int) -> list[int]:
+    """The same bits as 8 signed bytes (-128..127), most significant byte first: the array form of a bit vector."""
+    return [b - 256 if b > 127 else b for b in _checked(bits).to_bytes(_BYTES, "big")]
+
+
+def from_bit_vector(values: list[int]) -> int:
+    """The inverse of :func:`to_bit_vector` (unsigned bytes 0..255 are accepted too)."""
+    if len(values) != _BYTES:
+        raise ValueError(f"a {HASH_BITS}-bit hash is {_BYTES} bytes, got {len(values)}")
+    if any(not -128 <= v <= 255 for v in values):
+        raise ValueError(f"bytes must be in -128..255, got {values}")
+    return int.from_bytes(bytes(v & 0xFF for v in values), "big")
+
+
+def hamming_from_score(score: float) -> int:
+    """The Hamming distance behind an Elasticsearch kNN ``_score`` on a bit vector: ``score = (64 - d) / 64``."""
+    return round(HASH_BITS * (1.0 - score))
+
+
+def _hash_input(grey: Image.Image) -> np.ndarray:
+    return np.asarray(grey.resize((HASH_INPUT_SIDE, HASH_INPUT_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+
+
+def _phash_bits(grids: np.ndarray) -> list[int]:
+    """imagehash.phash's DCT and median step for a stack of 32x32 grey grids (same calls, so the same bits)."""
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(grids, axis=1), axis=2)
+    low = dct[:, :_HASH_SIDE, :_HASH_SIDE].reshape(len(grids), _HASH_SIDE * _HASH_SIDE)
+    above = low > np.median(low, axis=1, keepdims=True)
+    return [int.from_bytes(row.tobytes(), "big") for row in np.packbits(above, axis=1)]
+
+
+def _checked(bits: int) -> int:
+    if not 0 <= bits <= _MAX_BITS:
+        raise ValueError(f"a {HASH_BITS}-bit hash is 0..2**{HASH_BITS}-1, got {bits}")
+    return bits
