@@ -369,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(str(models[0]), str(models[1]), batch_size=batch_size,
                         bf16_min_cosine=settings.getfloat("IMGSEARCH_EMBED_BF16_MIN_COSINE"))
     model = embedder.load_image_model()
+    cosine = "n/a" if embedder.bf16_cosine is None else f"{embedder.bf16_cosine:.6f}"
     print(f"Embedder: loaded in {time.perf_counter() - started:.1f} s; precision {embedder.precision}; bf16 vs "
-          f"fp32 minimum cosine {embedder.bf16_cosine if embedder.bf16_cosine is None else f'{embedder.bf16_cosine:.6f}'}"
-          f"; batch size {batch_size}")
+          f"fp32 minimum cosine {cosine}; batch size {batch_size}")
     print()
 
     best_bf16 = cpu_has_bf16()
