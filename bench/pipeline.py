@@ -24,13 +24,16 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
+from datetime import datetime
 from pathlib import Path
 
 # Nothing here may reach a model hub; set before anything imports huggingface_hub.
@@ -169,6 +172,61 @@ class CpuWatch:
         return text
 
 
+def wait_until_quiet(limit: float, threshold: float = 0.15, window: float = 2.0) -> None:
+    """Wait (at most `limit` seconds) until other processes use under `threshold` cores: a shared machine's
+    other work would be measured too. Elasticsearch's background work counts as other work here."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with CpuWatch() as watch:
+            time.sleep(window)
+        if watch.foreign is None or watch.foreign / watch.wall < threshold:
+            return
+    print(f"  (the machine is still busy after waiting {limit:.0f} s; measuring anyway)", flush=True)
+
+
+class CpuTrace:
+    """CPU seconds of a child process and of this process, sampled over wall-clock time, so the CPU spent
+    between two moments known only afterwards (the crawl's start_time and finish_time) can be read off."""
+
+    def __init__(self, pid: int, period: float = 0.25) -> None:
+        self.pid = pid
+        self.period = period
+        self.samples: list[tuple[float, float, float]] = []
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="cpu-trace", daemon=True)
+
+    def _sample(self) -> None:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        child = process_cpu_seconds(self.pid)
+        if child or not self.samples:
+            self.samples.append((time.time(), child, me.ru_utime + me.ru_stime))
+
+    def _run(self) -> None:
+        while not self._done:
+            self._sample()
+            time.sleep(self.period)
+
+    def __enter__(self) -> CpuTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done = True
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> tuple[float, float] | None:
+        """(child, this process) CPU seconds from `start` to `end` (Unix times), interpolated."""
+        if len(self.samples) < 2:
+            return None
+
+        def at(moment: float) -> np.ndarray:
+            times = [t for t, _, _ in self.samples]
+            return np.array([np.interp(moment, times, [row[i] for row in self.samples]) for i in (1, 2)])
+
+        child, me = at(end) - at(start)
+        return float(child), float(me)
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -192,8 +250,10 @@ def bench_naive(model, datas: list[bytes]) -> float:
     return (len(datas) - 1) / (time.perf_counter() - started)
 
 
-def bench_tower(model, batch_size: int, bf16: bool, min_seconds: float = 8.0, min_batches: int = 4) -> float:
-    """(b) img/s: the CLIP vision tower and projection on ready 224x224 tensors, batched."""
+def bench_tower(model, batch_size: int, bf16: bool, *, at_once: int = 1, min_seconds: float = 8.0,
+                min_batches: int = 4) -> float:
+    """(b) img/s: the CLIP vision tower and projection on ready 224x224 tensors, batched; `at_once` threads
+    each running batches (with torch's threads as they are set)."""
     import contextlib
 
     import torch
@@ -201,47 +261,69 @@ def bench_tower(model, batch_size: int, bf16: bool, min_seconds: float = 8.0, mi
     clip = model[0].auto_model
     side = clip.config.vision_config.image_size
     pixels = torch.randn(batch_size, 3, side, side)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    with torch.inference_mode(), autocast():
-        clip.get_image_features(pixel_values=pixels)  # warm-up
-        done, started = 0, time.perf_counter()
-        while done < min_batches or time.perf_counter() - started < min_seconds:
-            clip.get_image_features(pixel_values=pixels)
-            done += 1
+
+    def run(deadline: float | None) -> int:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        done = 0
+        with torch.inference_mode(), autocast:
+            while deadline is None or done < min_batches or time.perf_counter() < deadline:
+                clip.get_image_features(pixel_values=pixels)
+                done += 1
+                if deadline is None:
+                    break
+        return done
+
+    run(None)  # warm-up
+    with concurrent.futures.ThreadPoolExecutor(max_workers=at_once) as pool:
+        started = time.perf_counter()
+        done = sum(pool.map(run, [started + min_seconds] * at_once))
         elapsed = time.perf_counter() - started
     return done * batch_size / elapsed
 
 
 def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, workers: int) -> tuple[float, int]:
     """(c) img/s: read + load_image in a thread pool (as the fetch stage's asyncio.to_thread does) while the
-    model embeds the previous batch; at most `window` images decoded ahead (the crawl's CONCURRENT_ITEMS)."""
+    model embeds earlier batches, `embedder.concurrency` at once (as the embed stage's workers do); at most
+    `window` images decoded ahead (the crawl's CONCURRENT_ITEMS)."""
     from pipelines import imaging
 
     def load(path: Path):
         return imaging.load_image(path.read_bytes())
 
-    embedder.embed_images([load(p).image for p in paths[:batch_size]])  # warm-up at this batch size
-    pending: deque[concurrent.futures.Future] = deque()
+    warm = [load(p).image for p in paths[:batch_size]]
+    embedder.embed_images(warm)  # warm-up at this batch size
+    del warm
+    at_once = embedder.concurrency
+    decoding: deque[concurrent.futures.Future] = deque()
+    embedding: deque[tuple[concurrent.futures.Future, int]] = deque()
     embedded = 0
     todo = iter(paths)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        started = time.perf_counter()
-        while True:
-            for path in todo:
-                pending.append(pool.submit(load, path))
-                if len(pending) >= window:
-                    break
-            if not pending:
+
+    def top_up() -> None:
+        for path in todo:
+            decoding.append(decoders.submit(load, path))
+            if len(decoding) >= window:
                 break
-            batch = [pending.popleft().result().image for _ in range(min(batch_size, len(pending)))]
-            # Top the window up before the model call, so decoding runs during it.
-            for path in todo:
-                pending.append(pool.submit(load, path))
-                if len(pending) >= window:
-                    break
-            vectors = embedder.embed_images(batch)
-            assert vectors.shape[0] == len(batch) and vectors.dtype == np.float32
-            embedded += len(batch)
+
+    def finish_one() -> None:
+        nonlocal embedded
+        future, count = embedding.popleft()
+        vectors = future.result()
+        assert vectors.shape[0] == count and vectors.dtype == np.float32
+        embedded += count
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as decoders, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="embed") as models:
+        started = time.perf_counter()
+        top_up()
+        while decoding:
+            batch = [decoding.popleft().result().image for _ in range(min(batch_size, len(decoding)))]
+            top_up()  # before the model call, so decoding runs during it
+            while len(embedding) >= at_once:
+                finish_one()
+            embedding.append((models.submit(embedder.embed_images, batch), len(batch)))
+        while embedding:
+            finish_one()
         elapsed = time.perf_counter() - started
     return embedded / elapsed, embedded
 
@@ -257,7 +339,7 @@ def decode_cost_ms(paths: list[Path], count: int = 40) -> float:
 
 
 def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratch: Path, es_pid: int | None,
-                concurrency: int) -> dict:
+                concurrency: int, log_path: Path) -> dict:
     """(d) the crawl in a subprocess; returns its stats plus peak RSS and CPU use."""
     from crawler.sample_site import SiteServer
 
@@ -270,7 +352,7 @@ def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratc
         "IMGSEARCH_INDEX": index,
         "FILES_STORE": str(scratch / "store"),
         "IMGSEARCH_INDEX_DEAD_LETTER_DIR": str(scratch / "dead-letter"),
-        "IMGSEARCH_PROGRESS_SECONDS": "0",
+        "IMGSEARCH_PROGRESS_SECONDS": "0.5",  # for steady_rate()
         "DOWNLOAD_DELAY": "0",
         "AUTOTHROTTLE_ENABLED": "false",
         "CONCURRENT_REQUESTS": str(concurrency),
@@ -278,11 +360,21 @@ def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratc
         "HF_HUB_OFFLINE": "1",
     }
     with SiteServer(site_routes(paths, pages)) as site:
+        # http.server listens with a backlog of 5: the crawl's burst of connections would overflow it, and
+        # SYN retries (1, 3, 7, 15 s...) would then be measured instead of the pipeline.
+        site.httpd.socket.listen(max(128, concurrency * 2))
         command = [sys.executable, "-m", "cli", "crawl", site.url + "/", "--depth", "1",
                    "--stats-file", str(stats_file)]
-        with open(scratch / "crawl.log", "wb") as log, CpuWatch(es_pid) as watch:
+        with open(log_path, "wb") as log, CpuWatch(es_pid) as watch:
             process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(process.pid, 0)
+            try:
+                with CpuTrace(process.pid) as trace:
+                    # wait4, not wait: it also gives the crawl process's own peak RSS and CPU time.
+                    _, status, usage = os.wait4(process.pid, 0)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
             process.returncode = os.waitstatus_to_exitcode(status)
         try:
             stats = json.loads(stats_file.read_text())
@@ -291,13 +383,34 @@ def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratc
         finally:
             _delete_index(index)
     if process.returncode != 0 or not stats:
-        tail = (scratch / "crawl.log").read_text(errors="replace")[-3000:]
+        tail = log_path.read_text(errors="replace")[-3000:]
         raise SystemExit(f"the crawl failed (exit {process.returncode}):\n{tail}")
     stats["_rss_mib"] = usage.ru_maxrss / 1024
+    stats["_cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    stats["_steady"] = steady_rate(log_path.read_text(errors="replace"), stats.get("imgsearch/index/indexed", 0))
     stats["_cpu"] = watch
+    try:
+        start, finish = (datetime.fromisoformat(str(stats[k])).timestamp() for k in ("start_time", "finish_time"))
+        stats["_crawl_cpu"] = trace.between(start, finish)
+    except (KeyError, ValueError):
+        stats["_crawl_cpu"] = None
     stats["_wall"] = watch.wall
     stats["_index"] = index
     return stats
+
+
+_PROGRESS = re.compile(r"Progress: .*?indexed (\d+) .*?; ([\d.]+) indexed/s over")
+
+
+def steady_rate(log: str, total: int, low: float = 0.1, high: float = 0.9) -> float | None:
+    """img/s between `low` and `high` of `total` indexed, from the crawl's progress lines (the start-up before
+    the first batch and the last flushes left out). Each line gives indexed / elapsed, so its time follows."""
+    points = [(int(n), int(n) / float(rate)) for n, rate in _PROGRESS.findall(log) if float(rate) > 0]
+    inside = [(n, t) for n, t in points if low * total <= n <= high * total]
+    if len(inside) < 2 or inside[-1][1] <= inside[0][1]:
+        return None
+    (n1, t1), (n2, t2) = inside[0], inside[-1]
+    return (n2 - n1) / (t2 - t1)
 
 
 def _delete_index(index: str) -> None:
@@ -340,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(settings.get("IMGSEARCH_CACHE_DIR")) / "bench",
                         help="where generated images and stand-in models are kept between runs")
     parser.add_argument("--concurrency", type=int, default=32, help="crawl's CONCURRENT_REQUESTS(_PER_DOMAIN)")
+    parser.add_argument("--crawl-log", type=Path, help="keep the crawl's log in this file")
+    parser.add_argument("--quiet-wait", type=float, default=120, metavar="SECONDS",
+                        help="before each measurement, wait up to this long for other processes to go quiet")
     parser.add_argument("--skip-crawl", action="store_true", help="measure (a)-(c) only")
     args = parser.parse_args(argv)
     if args.images < 2 or args.naive < 2:
@@ -347,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipelines.embedding import Embedder, cpu_has_bf16
+    from pipelines.embedding import Embedder, cpu_has_bf16, throughput_plan
 
     paths = ensure_images(args.cache / IMAGE_SET, args.images)
     models = ensure_models(args.cache / "models-full")
@@ -365,21 +481,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{max(w * h for w, h in sizes) / 1e6:.1f} MP, {total_bytes / len(paths) / 1e3:.0f} kB each on average; "
           f"model: full-size stand-in ViT-B/32 ({models[0]})")
 
+    default_threads = torch.get_num_threads()
+    # What the crawl's embed stage does (EmbedPipeline): this many batches at once, torch threads set so.
+    at_once, plan_threads = throughput_plan("cpu")
     started = time.perf_counter()
-    embedder = Embedder(str(models[0]), str(models[1]), batch_size=batch_size,
+    embedder = Embedder(str(models[0]), str(models[1]), batch_size=batch_size, device="cpu", concurrency=at_once,
                         bf16_min_cosine=settings.getfloat("IMGSEARCH_EMBED_BF16_MIN_COSINE"))
     model = embedder.load_image_model()
-    cosine = "n/a" if embedder.bf16_cosine is None else f"{embedder.bf16_cosine:.6f}"
-    print(f"Embedder: loaded in {time.perf_counter() - started:.1f} s; precision {embedder.precision}; bf16 vs "
-          f"fp32 minimum cosine {cosine}; batch size {batch_size}")
+    cosine = "not measured" if embedder.bf16_cosine is None else f"{embedder.bf16_cosine:.6f}"
+    preprocessing = ("batched here (PixelRecipe), vectors vs encode() min cosine "
+                     f"{embedder.fast_path_cosine:.6f}" if embedder.pixel_recipe else "the model's own processor")
+    print(f"Embedder: loaded in {time.perf_counter() - started:.1f} s; precision {embedder.precision} (bf16 vs fp32 "
+          f"minimum cosine {cosine}); preprocessing {preprocessing}; batch size {batch_size}; in a crawl "
+          f"{at_once} batch(es) at once, torch threads {plan_threads or default_threads}")
     print()
 
     best_bf16 = cpu_has_bf16()
+    wait_until_quiet(args.quiet_wait)
     with CpuWatch() as watch:
         b = bench_tower(model, batch_size, best_bf16)
-    print(f"(b) bare vision tower, {batch_size} x 224x224 tensors, {'bf16 autocast' if best_bf16 else 'fp32'}: "
-          f"{b:7.1f} img/s   [{watch.describe()}]")
+    print(f"(b) bare vision tower, {batch_size} x 224x224 tensors, {'bf16 autocast' if best_bf16 else 'fp32'}, "
+          f"{default_threads} threads: {b:7.1f} img/s   [{watch.describe()}]")
 
+    wait_until_quiet(args.quiet_wait)
     datas = [p.read_bytes() for p in paths[:args.naive]]
     with CpuWatch() as watch:
         a = bench_naive(model, datas)
@@ -387,30 +511,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(a) naive: full decode + encode([img]) one at a time, fp32 ({args.naive - 1} images):"
           f"{a:7.1f} img/s   [{watch.describe()}]")
 
-    with CpuWatch() as watch:
-        c, embedded = bench_embed(embedder, paths, batch_size, window, workers)
-    print(f"(c) embedding module: load_image in {workers} threads ({window} ahead) + embed_images x {batch_size} "
-          f"({embedded} images): {c:7.1f} img/s   [{watch.describe()}]")
+    if plan_threads:
+        torch.set_num_threads(plan_threads)
+    try:
+        b_plan = None
+        wait_until_quiet(args.quiet_wait)
+        if (at_once, plan_threads or default_threads) != (1, default_threads):
+            with CpuWatch() as watch:
+                b_plan = bench_tower(model, batch_size, best_bf16, at_once=at_once)
+            print(f"(b') the same, {at_once} batches at once with {plan_threads} thread(s) each, as the crawl runs "
+                  f"it: {b_plan:7.1f} img/s   [{watch.describe()}]")
+        wait_until_quiet(args.quiet_wait)
+        with CpuWatch() as watch:
+            c, embedded = bench_embed(embedder, paths, batch_size, window, workers)
+        c_cpu = watch.own
+    finally:
+        torch.set_num_threads(default_threads)
+    print(f"(c) embedding module: load_image in {workers} threads ({window} ahead) + embed_images x {batch_size}, "
+          f"{at_once} at once ({embedded} images): {c:7.1f} img/s   [{watch.describe()}]")
     print(f"    load_image alone, one thread: {decode_cost_ms(paths):.1f} ms/img "
           f"(model alone at (b): {1000 / b:.1f} ms/img)")
 
     d = None
     if not args.skip_crawl:
+        wait_until_quiet(args.quiet_wait)
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-            stats = bench_crawl(paths, args.pages, models, Path(tmp), pid, args.concurrency)
+            stats = bench_crawl(paths, args.pages, models, Path(tmp), pid, args.concurrency,
+                                args.crawl_log or Path(tmp) / "crawl.log")
         indexed = stats.get("imgsearch/index/indexed", 0)
         elapsed = float(stats["elapsed_time_seconds"])
         d = indexed / elapsed
         watch = stats["_cpu"]
+        not_indexed = ", ".join(f"{k} {v}" for k, v in stats.items() if "/failed/" in k or "/skipped/" in k)
         print(f"(d) crawl to indexed: {indexed} of {len(paths)} images indexed in {elapsed:.1f} s from the crawl's "
               f"start (process {stats['_wall']:.1f} s in all, model load included): {d:7.1f} img/s   "
               f"[{watch.describe('elasticsearch')}]")
-        print(f"    precision {stats.get('imgsearch/embed/precision')}, {stats.get('imgsearch/embed/batches')} "
-              f"batches, index {stats['_index']} (deleted), "
-              f"failed/skipped: {sum(v for k, v in stats.items() if '/failed/' in k or '/skipped/' in k)}")
+        steady = stats["_steady"]
+        if steady:
+            fixed = elapsed - indexed / steady
+            print(f"    steady state, from 10% to 90% indexed: {steady:.1f} img/s ({steady / c:.2f} of (c)); "
+                  f"{elapsed:.1f} s = {indexed / steady:.1f} s at that rate + {fixed:.1f} s of start-up (pages, "
+                  f"first images through the fetch stage) and final flushes")
+        crawl_cpu = stats["_crawl_cpu"]
+        if crawl_cpu and indexed:
+            crawl, server = crawl_cpu
+            print(f"    CPU from start to finish: crawl process {crawl:.1f} s ({crawl / indexed * 1000:.0f} ms/img), "
+                  f"the site server here {server:.1f} s ({server / indexed * 1000:.1f} ms/img); (c) used "
+                  f"{c_cpu / embedded * 1000:.0f} ms/img")
+        print(f"    crawl process CPU {stats['_cpu_seconds']:.1f} s in all, model load included; "
+              f"precision {stats.get('imgsearch/embed/precision')}, {stats.get('imgsearch/embed/batches')} "
+              f"batches, {stats.get('imgsearch/embed/concurrent_batches')} at once, index {stats['_index']} (deleted), "
+              f"not indexed: {not_indexed or 'none'}")
     print()
     print(f"c/b = {c / b:.2f} (target >= 0.8)   " + (f"d/c = {d / c:.2f} (target >= 0.9)   " if d else "")
-          + f"c/a = {c / a:.2f} (target >= 2.5)")
+          + f"c/a = {c / a:.2f} (target >= 2.5)" + (f"   [c/b' = {c / b_plan:.2f}]" if b_plan else ""))
     if d:
         print(f"peak RSS: crawl process {stats['_rss_mib']:.0f} MiB, benchmark process {peak_rss_mib():.0f} MiB")
     else:
