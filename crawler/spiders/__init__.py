@@ -49,8 +49,10 @@ class ImageSpider(scrapy.Spider):
         self.crawler.stats.inc_value(f"imgsearch/find/failed/{reason}")
         self.logger.warning("Page failed %s (%s): %s", reason, failure.request.url, failure.getErrorMessage())
 
-    def direct_image_item(self, response: Response) -> ImageItem | None:
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        """The page's image items; a response that is an image itself is one item, its own page."""
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").lower()
         if not isinstance(response, TextResponse) or content_type.startswith("image/"):
-            return ImageItem(page_url=response.url, page_title="", alt_text="", image_url=response.url)
-        return None
+            yield ImageItem(page_url=response.url, page_title="", alt_text="", image_url=response.url)
+            return
+        yield from image_items(response)

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
 
-from crawler.spiders import ImageSpider, image_items, split_arg
+from crawler.spiders import ImageSpider, split_arg
 
 
 class SiteSpider(ImageSpider):
@@ -48,11 +48,7 @@ class SiteSpider(ImageSpider):
         return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
-        direct = self.direct_image_item(response)
-        if direct is not None:
-            yield direct
-            return
-        yield from image_items(response)
+        yield from super().parse(response)
         if not isinstance(response, TextResponse) or response.meta.get("depth", 0) >= self.depth:
             return
         for link in self.links.extract_links(response):

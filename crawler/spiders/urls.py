@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from scrapy.http import Response
-
 from crawler.items import ImageItem
-from crawler.spiders import ImageSpider, image_items
+from crawler.spiders import ImageSpider
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic")
 
@@ -46,10 +44,3 @@ class UrlsSpider(ImageSpider):
                 yield ImageItem(page_url=url, page_title="", alt_text="", image_url=url)
             else:
                 yield self.page_request(url)
-
-    def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
-        direct = self.direct_image_item(response)
-        if direct is not None:
-            yield direct
-            return
-        yield from image_items(response)
