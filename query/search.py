@@ -73,8 +73,6 @@ class Searcher:
             raise QueryInputError("the text query is empty")
         self.embedder.load_text_model()
         started = time.perf_counter()
-        if not text or not text.strip():
-            raise QueryInputError("the text query is empty")
         vector = self.embedder.embed_texts([text])[0]
         query = {"type": "text", "text": text, "k": k, "num_candidates": num_candidates, "domain": domain}
         return self._search(vector.tolist(), query, index, k, num_candidates, domain, None, started)
