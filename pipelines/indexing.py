@@ -248,11 +248,6 @@ async def stored_images(client: AsyncElasticsearch, index: str,
             for doc in response["docs"]}
 
 
-async def stored_domains(client: AsyncElasticsearch, index: str, ids: list[str]) -> dict[str, list[str] | None]:
-    """Domains of the stored image documents, None for ids with no document."""
-    return {k: v["domains"] if v else None for k, v in (await stored_images(client, index, ids)).items()}
-
-
 async def write_image_actions(client: AsyncElasticsearch, index: str, items: list[Any], now: str, *,
                               max_retries: int, backoff: float,
                               stats: SendStats) -> tuple[dict[str, dict[str, Any]], dict[str, Outcome]]:
