@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from io import BytesIO
@@ -200,7 +201,8 @@ class FetchPipeline:
     def _persist_file(self, path: str, body: bytes) -> None:
         target = self.store._get_filesystem_path(path)
         if not target.exists():  # content-addressed: the same path always holds the same bytes
-            tmp = target.with_name(target.name + ".part")
+            # Unique per writer: the same bytes can arrive under two URLs at once, in two threads.
+            tmp = target.with_name(f"{target.name}.{threading.get_ident()}.part")
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(body)
             tmp.replace(target)
