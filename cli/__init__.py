@@ -129,6 +129,31 @@ def cmd_index_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_upgrade(args: argparse.Namespace) -> int:
+    from index_setup.indices import IndexConflict, IndexMissing, upgrade_indices
+    from pipelines.fetch import StoredHashes
+
+    settings = _settings(args)
+    client = _client(settings)
+    _check_cluster(client, settings)
+    store = settings.get("FILES_STORE")
+    hashes = None if "://" in store and not store.startswith("file://") else StoredHashes(
+        store, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
+    try:
+        outcome = upgrade_indices(client, settings.get("IMGSEARCH_INDEX"), transform_image=hashes, progress=print)
+    except (IndexConflict, IndexMissing) as exc:
+        raise CliError(str(exc)) from exc
+    for name, what in outcome.items():
+        print(f"{name}: {what}")
+    if hashes is None:
+        print(f"The image store {store} is not a local folder: upgraded images have no perceptual hashes until "
+              f"they are crawled again.")
+    elif hashes.missing:
+        print(f"{hashes.missing} image(s) had no readable original in {store}: they get perceptual hashes when "
+              f"they are crawled again.")
+    return 0
+
+
 def cmd_index_info(args: argparse.Namespace) -> int:
     from index_setup.indices import index_info
 
@@ -157,8 +182,9 @@ def cmd_index_delete(args: argparse.Namespace) -> int:
     alias = settings.get("IMGSEARCH_INDEX")
     if not args.yes:
         if not sys.stdin.isatty():
-            raise CliError(f"refusing to delete {alias} and {alias}-sources without --yes")
-        if input(f"Delete {alias} and {alias}-sources with all their documents? [y/N] ").strip().lower() != "y":
+            raise CliError(f"refusing to delete {alias}, {alias}-sources and {alias}-urls without --yes")
+        if input(f"Delete {alias}, {alias}-sources and {alias}-urls with all their documents? [y/N] "
+                 ).strip().lower() != "y":
             return 1
     client = _client(settings)
     _check_cluster(client, settings)
@@ -198,12 +224,21 @@ def crawl_exit_status(stats: dict) -> int:
 
 
 def cmd_crawl(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crawler import joblock
     from crawler.crawl import run_crawl
 
     overrides = {"FILES_STORE": args.store}
     if args.job_dir:
         overrides["JOBDIR"] = args.job_dir
     settings = _settings(args, **overrides)
+    # First of all, so that an overlapping run of a scheduled job exits at once.
+    spider, targets = ("urls", [str(Path(args.urls_file).resolve())]) if args.urls_file else ("site", args.urls)
+    try:
+        joblock.acquire(joblock.lock_path(settings, spider, targets), f"imgsearch crawl {' '.join(targets)}")
+    except joblock.JobLocked as exc:
+        raise CliError(str(exc)) from exc
     if not settings.get("ES_URL"):
         ensure_local_node(settings)
     prepare_crawl(settings)
@@ -274,6 +309,26 @@ def run_query(searcher, args: argparse.Namespace) -> dict:
         raise CliError(str(exc)) from exc
 
 
+def cmd_sources(args: argparse.Namespace) -> int:
+    from cli.tables import sources_table
+    from index_setup.client import ClusterError
+    from index_setup.indices import IndexMissing
+    from query.inputs import QueryInputError
+
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    settings = _settings(args)
+    searcher = _searcher(settings)
+    try:
+        response = searcher.find_sources(args.image, args.index, args.limit, allow_private=args.allow_private)
+    except (QueryInputError, IndexMissing, ClusterError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        searcher.close()
+    print(json.dumps(response, indent=2, ensure_ascii=False) if args.json else sources_table(response))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from cli.tables import results_table
 
@@ -312,11 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "to run instead of the pinned download")
         sub.set_defaults(func=func)
 
-    index = commands.add_parser("index", help="the image and sources indices").add_subparsers(
+    index = commands.add_parser("index", help="the image, sources and urls indices").add_subparsers(
         dest="index_command", required=True)
-    for name, func, text in (("create", cmd_index_create, "create both indices (no-op when they exist)"),
-                             ("info", cmd_index_info, "documents, size and schema of both indices"),
-                             ("delete", cmd_index_delete, "delete both indices")):
+    for name, func, text in (("create", cmd_index_create, "create the indices (no-op when they exist)"),
+                             ("info", cmd_index_info, "documents, size and schema of the indices"),
+                             ("upgrade", cmd_index_upgrade, "copy indices of an older schema into the current "
+                                                            "one, then switch the aliases"),
+                             ("delete", cmd_index_delete, "delete the indices")):
         sub = index.add_parser(name, help=text)
         _add_index_arg(sub)
         if name == "info":
@@ -351,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow image URLs on loopback and private networks")
     _add_index_arg(search)
     search.set_defaults(func=cmd_search)
+
+    sources = commands.add_parser("sources", help="where an image or an edited copy of it appears, oldest first")
+    sources.add_argument("--image", metavar="PATH_OR_URL", required=True,
+                         help="the image: a file or an http(s) URL")
+    sources.add_argument("--limit", type=int, default=100, help="pages listed at most (default 100)")
+    sources.add_argument("--json", action="store_true",
+                         help="print {query, took_ms, oldest, sources, sources_total, images} as JSON")
+    sources.add_argument("--allow-private", action="store_true",
+                         help="allow image URLs on loopback and private networks")
+    _add_index_arg(sources)
+    sources.set_defaults(func=cmd_sources)
 
     demo = commands.add_parser("demo", help="start Elasticsearch, crawl a sample site, run an image and a text "
                                              "query")

@@ -20,7 +20,8 @@ def results_table(response: dict[str, Any], *, note: str | None = None) -> str:
         lines.append(f"  ({note})")
     for rank, r in enumerate(response["results"], 1):
         size = f"{r['width']}x{r['height']}" if r.get("width") else "?"
-        lines.append(f"{rank:>3}. {r['score']:.3f}  {r['match']:<8} {size:>9} {r.get('format') or '':<5} "
+        match = f"near {r['distance_bits']}b" if r["match"] == "near" else r["match"]
+        lines.append(f"{rank:>3}. {r['score']:.3f}  {match:<8} {size:>9} {r.get('format') or '':<5} "
                      f"{r.get('image_name') or r['image_id'][:16]}  <{r.get('image_url')}>")
         for source in r["sources"][:3]:
             title = source.get("page_title") or "(untitled)"
@@ -30,4 +31,32 @@ def results_table(response: dict[str, Any], *, note: str | None = None) -> str:
             lines.append(f"        … and {more} more page(s)")
     if not response["results"]:
         lines.append("  no match")
+    lines += [f"  ({note})" for note in response.get("notes", [])]
     return "\n".join(lines)
+
+
+def sources_table(response: dict[str, Any]) -> str:
+    """The source finder's answer: the oldest known source first, then every page, oldest first."""
+    query = response["query"]
+    what = query.get("source") or query["sha256"][:16]
+    oldest = response["oldest"]
+    if oldest is None:
+        lines = [f"No indexed copy of {what} (exact or near duplicate) found."]
+    else:
+        lines = [f"Oldest known source: {oldest['page_url']} (first seen {_day(oldest['first_seen'])}, "
+                 f"{_match(oldest)})",
+                 f"{response['sources_total']} page(s) show {what} or a copy of it "
+                 f"({len(response['images'])} indexed image(s)); in {response['took_ms']:.0f} ms:"]
+    for source in response["sources"]:
+        title = source.get("page_title") or "(untitled)"
+        lines.append(f"  {_day(source['first_seen'])}  {_match(source):<12} {title}  <{source['page_url']}>"
+                     f"  image <{source['image_url']}>")
+    more = response["sources_total"] - len(response["sources"])
+    if more > 0:
+        lines.append(f"  … and {more} more page(s) (--limit)")
+    lines += [f"  ({note})" for note in response.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _match(source: dict[str, Any]) -> str:
+    return f"near ({source['distance_bits']} bits)" if source["match"] == "near" else source["match"]

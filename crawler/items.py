@@ -20,6 +20,12 @@ class ImageItem(scrapy.Item):
     format = scrapy.Field()  # Pillow format name, lower case: jpeg, png, gif, webp, bmp, tiff
     bytes = scrapy.Field()
     known = scrapy.Field()  # True when the image is already indexed: embedding and the image write are skipped
+    phash = scrapy.Field()  # the whole image's perceptual hash, 16 hex digits (pipelines.phash)
+    phash_crops = scrapy.Field()  # [{"crop": name, "hash": hex}]: the whole image and its crops
+    # Set when this URL was downloaded or revalidated now: the index stage records it in the urls index.
+    url_checked = scrapy.Field()
+    http_etag = scrapy.Field()
+    http_last_modified = scrapy.Field()
     # Decoded, shrunk RGB image handed from fetch to embed; removed as soon as it is embedded.
     image = scrapy.Field()
     # Filled by the embed stage (pipelines.embedding).

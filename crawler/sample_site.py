@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import io
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ class Route:
     body: bytes | Callable[[], bytes]
     content_type: str = "text/html; charset=utf-8"
     status: int = 200
-    headers: dict[str, str] | None = None
+    headers: dict[str, str] | None = None  # an ETag or Last-Modified here is honoured in conditional requests
+    delay: float = 0.0  # seconds before answering (a slow site)
 
 
 class SiteServer:
@@ -32,6 +34,7 @@ class SiteServer:
     def __init__(self, routes: dict[str, Route] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: Counter[str] = Counter()
+        self.not_modified: Counter[str] = Counter()  # 304 answers per path
         self._lock = threading.Lock()
         server = self
 
@@ -45,6 +48,19 @@ class SiteServer:
                 route = server.routes.get(path) or server.routes.get(path.split("?", 1)[0])
                 if route is None:
                     route = Route(b"<html><body>not found</body></html>", status=404)
+                if route.delay:
+                    time.sleep(route.delay)
+                headers = route.headers or {}
+                if route.status == 200 and self._unchanged(headers):
+                    with server._lock:
+                        server.not_modified[path] += 1
+                    self.send_response(304)
+                    for name in ("ETag", "Last-Modified"):
+                        if name in headers:
+                            self.send_header(name, headers[name])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = route.body() if callable(route.body) else route.body
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
@@ -53,6 +69,12 @@ class SiteServer:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _unchanged(self, headers: dict[str, str]) -> bool:
+                etag, since = self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since")
+                if etag is not None and "ETag" in headers:
+                    return etag == headers["ETag"]
+                return since is not None and since == headers.get("Last-Modified")
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass

@@ -40,7 +40,14 @@ ITEM_PIPELINES = {
     "pipelines.indexing.IndexPipeline": 300,
 }
 EXTENSIONS = {
+    "crawler.joblock.JobLock": 0,
     "crawler.progress.Progress": 500,
+}
+# With a job directory (JOBDIR, `imgsearch crawl --job-dir`), a page journal that survives SIGKILL: a resumed
+# crawl finishes every page that was scheduled, none lost (see crawler/jobstate.py).
+SCHEDULER = "crawler.jobstate.JournalScheduler"
+SPIDER_MIDDLEWARES = {
+    "crawler.jobstate.PageTracker": 10,
 }
 # One response's worth of items at a time keeps memory bounded: each item may hold a decoded image.
 CONCURRENT_ITEMS = 64
@@ -85,6 +92,9 @@ IMGSEARCH_FETCH_MIN_WIDTH = 32
 IMGSEARCH_FETCH_MIN_HEIGHT = 32
 # Recently fetched image URLs remembered in memory, so an image shown on many pages is downloaded once.
 IMGSEARCH_FETCH_SEEN_URLS = 100_000
+# A re-crawl does not download an indexed image URL fetched (or confirmed unchanged) less than this many days
+# ago; an older one is asked for with its ETag / Last-Modified. 0: always ask.
+IMGSEARCH_REFRESH_DAYS = 30
 
 # --- imgsearch: embed stage ---------------------------------------------------------------------------------
 # Image model (hub name or local folder); indexing and image queries both use it.
@@ -113,6 +123,9 @@ IMGSEARCH_INDEX_DEAD_LETTER_DIR = None
 # kNN candidates are re-ranked with the full-precision vectors, oversample x k of them: int8 quantisation alone
 # orders close neighbours too roughly (see bench/query.py).
 IMGSEARCH_QUERY_OVERSAMPLE = 3.0
+# A near duplicate is an image with a perceptual hash (whole or of a crop) at most this many bits (of 64) from
+# the query's: edited copies measure within 10, different pictures almost never (bench/copies.py).
+IMGSEARCH_QUERY_NEAR_BITS = 10
 
 
 def _user_dir(env: str, fallback: str) -> Path:

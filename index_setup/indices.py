@@ -1,22 +1,26 @@
-"""Create, inspect and delete the image and sources indices behind their aliases."""
+"""Create, inspect, upgrade and delete the image, sources and urls indices behind their aliases."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import elasticsearch
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, helpers
 
 from index_setup.mappings import (
     DEFAULT_DIMS,
+    SCHEMA_VERSION,
     concrete_name,
     image_mapping,
     index_settings,
     mapping_differences,
     sources_alias,
     sources_mapping,
+    urls_alias,
+    urls_mapping,
 )
 
 logger = logging.getLogger(__name__)
@@ -30,18 +34,45 @@ class IndexMissing(Exception):
     """The indices have not been created."""
 
 
+class IndexOutdated(IndexConflict):
+    """The indices were made by an older schema: `imgsearch index upgrade` copies them into the current one."""
+
+
 @dataclass(frozen=True)
 class IndexNames:
     images: str
     sources: str
+    urls: str
 
     @classmethod
     def for_alias(cls, alias: str) -> IndexNames:
-        return cls(images=alias, sources=sources_alias(alias))
+        return cls(images=alias, sources=sources_alias(alias), urls=urls_alias(alias))
+
+    def all(self) -> tuple[str, str, str]:
+        return self.images, self.sources, self.urls
 
 
 def _expected(names: IndexNames, dims: int, model: str | None) -> list[tuple[str, dict[str, Any]]]:
-    return [(names.images, image_mapping(dims, model)), (names.sources, sources_mapping())]
+    return [(names.images, image_mapping(dims, model)), (names.sources, sources_mapping()),
+            (names.urls, urls_mapping())]
+
+
+def schema_versions(client: Elasticsearch, alias: str) -> dict[str, int]:
+    """Concrete index -> the schema version in its _meta, for each index behind the image and sources aliases."""
+    names = IndexNames.for_alias(alias)
+    versions = {}
+    for name in (names.images, names.sources):
+        for index, body in (_existing_mappings(client, name) or {}).items():
+            versions[index] = int(body.get("mappings", {}).get("_meta", {}).get("schema_version") or 1)
+    return versions
+
+
+def outdated_message(alias: str, versions: dict[str, int]) -> str:
+    old = ", ".join(f"{index} (schema v{v})" for index, v in sorted(versions.items()) if v < SCHEMA_VERSION)
+    return (f"{old}: made by an older imgsearch; this one writes schema v{SCHEMA_VERSION} (perceptual hashes for "
+            f"near-duplicate search, a urls index for cheap re-crawls). Nothing was changed. Run `imgsearch index "
+            f"upgrade --index {alias}`: it copies the documents into new indices and then moves the aliases, so "
+            f"searches keep working on the old ones until the switch.")
 
 
 def _existing_mappings(client: Elasticsearch, name: str) -> dict[str, Any] | None:
@@ -68,6 +99,9 @@ def ensure_indices(client: Elasticsearch, alias: str, *, dims: int = DEFAULT_DIM
     """
     names = IndexNames.for_alias(alias)
     expected = _expected(names, dims, model)
+    versions = schema_versions(client, alias)
+    if any(v < SCHEMA_VERSION for v in versions.values()):
+        raise IndexOutdated(outdated_message(alias, versions))
     problems = [p for name, mapping in expected for p in check_index(client, name, mapping)]
     if problems:
         raise IndexConflict(
@@ -96,18 +130,21 @@ def ensure_indices(client: Elasticsearch, alias: str, *, dims: int = DEFAULT_DIM
 
 
 def require_indices(client: Elasticsearch, alias: str) -> None:
-    """Raise IndexMissing when either index is missing."""
+    """Raise IndexMissing when an index is missing, IndexOutdated when it needs `imgsearch index upgrade`."""
     names = IndexNames.for_alias(alias)
-    missing = [n for n in (names.images, names.sources) if _existing_mappings(client, n) is None]
+    versions = schema_versions(client, alias)
+    if any(v < SCHEMA_VERSION for v in versions.values()):
+        raise IndexOutdated(outdated_message(alias, versions))
+    missing = [n for n in names.all() if _existing_mappings(client, n) is None]
     if missing:
         raise IndexMissing(f"index {', '.join(missing)} does not exist: create it with "
                            f"`imgsearch index create --index {alias}`")
 
 
 def index_info(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
-    """One entry per index behind the two aliases: name, alias, documents, size, schema _meta."""
+    """One entry per index behind the three aliases: name, alias, documents, size, schema _meta."""
     rows = []
-    for name in (IndexNames.for_alias(alias).images, IndexNames.for_alias(alias).sources):
+    for name in IndexNames.for_alias(alias).all():
         existing = _existing_mappings(client, name)
         if existing is None:
             rows.append({"alias": name, "index": None})
@@ -126,11 +163,104 @@ def index_info(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
 
 
 def delete_indices(client: Elasticsearch, alias: str) -> list[str]:
-    """Delete the indices behind the two aliases; returns the deleted index names."""
+    """Delete the indices behind the three aliases; returns the deleted index names."""
     deleted = []
-    for name in (IndexNames.for_alias(alias).images, IndexNames.for_alias(alias).sources):
+    for name in IndexNames.for_alias(alias).all():
         existing = _existing_mappings(client, name)
         if existing:
             client.indices.delete(index=",".join(existing))
             deleted += list(existing)
     return deleted
+
+
+# -- schema upgrade --------------------------------------------------------------------------------------------
+def _copy_actions(client: Elasticsearch, old: str, new: str,
+                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
+    for hit in helpers.scan(client, index=old, size=500, scroll="10m", preserve_order=False):
+        source = hit["_source"]
+        yield {"_op_type": "create", "_index": new, "_id": hit["_id"],
+               "_source": transform(source) if transform else source}
+
+
+def _copy(client: Elasticsearch, old: str, new: str,
+          transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> int:
+    copied = 0
+    for ok, info in helpers.streaming_bulk(client, _copy_actions(client, old, new, transform), chunk_size=500,
+                                           max_retries=5, raise_on_error=False):
+        result = next(iter(info.values()))
+        if ok or result.get("status") == 409:  # 409: copied by an earlier, interrupted upgrade
+            copied += 1
+        else:
+            raise IndexConflict(f"copying {old} into {new} failed for document {result.get('_id')}: "
+                                f"{result.get('error')}")
+    return copied
+
+
+def upgrade_indices(client: Elasticsearch, alias: str, *,
+                    transform_image: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                    progress: Callable[[str], None] = logger.info) -> dict[str, str]:
+    """Bring the indices behind `alias` to the current schema without losing a document or a search.
+
+    For each index of an older schema: block writes to it (a crawl running meanwhile gets a refusal it
+    dead-letters, for `imgsearch replay` afterwards), create the new concrete index, copy every document with
+    scan + bulk (`transform_image` fills in the image documents' new fields), check the counts, then move the
+    alias in one atomic call and delete the old index. Searches use the old index until that call. A copy that
+    fails leaves the alias on the old index, writable again, and removes the partial new one. Returns
+    {alias: "upgraded" | "current" | "created"}.
+    """
+    names = IndexNames.for_alias(alias)
+    require_existing = [n for n in (names.images, names.sources) if _existing_mappings(client, n) is None]
+    if require_existing:
+        raise IndexMissing(f"index {', '.join(require_existing)} does not exist: nothing to upgrade; "
+                           f"`imgsearch index create --index {alias}` makes current ones")
+    outcome = {}
+    settings = index_settings()
+    for name in (names.images, names.sources):
+        existing = _existing_mappings(client, name) or {}
+        if len(existing) != 1:
+            raise IndexConflict(f"alias {name} points at {len(existing)} indices ({', '.join(existing)}); "
+                                f"expected one")
+        old, body = next(iter(existing.items()))
+        meta = body.get("mappings", {}).get("_meta", {})
+        if int(meta.get("schema_version") or 1) >= SCHEMA_VERSION:
+            outcome[name] = "current"
+            continue
+        if name == names.images:
+            mapping = image_mapping(int(meta.get("dims") or DEFAULT_DIMS), meta.get("model"))
+            transform = transform_image
+        else:
+            mapping, transform = sources_mapping(), None
+        new = concrete_name(name)
+        old_settings = client.indices.get_settings(index=old).body[old]["settings"]["index"]
+        settings = index_settings(int(old_settings.get("number_of_shards", 1)),
+                                  int(old_settings.get("number_of_replicas", 0)))
+        if client.indices.exists(index=new):
+            client.indices.delete(index=new)  # a partial copy of an interrupted upgrade
+        client.indices.put_settings(index=old, settings={"index.blocks.write": True})
+        try:
+            client.indices.create(index=new, settings=settings, mappings=mapping)
+            expected = client.count(index=old)["count"]
+            progress(f"copying {expected} documents from {old} into {new}")
+            copied = _copy(client, old, new, transform)
+            client.indices.refresh(index=new)
+            stored = client.count(index=new)["count"]
+            if copied != expected or stored != expected:
+                raise IndexConflict(f"{new} holds {stored} documents after copying {copied}, {old} has {expected}")
+        except BaseException:
+            client.indices.put_settings(index=old, settings={"index.blocks.write": False})
+            client.indices.delete(index=new, ignore_unavailable=True)
+            raise
+        client.indices.update_aliases(actions=[
+            {"remove": {"index": old, "alias": name}},
+            {"add": {"index": new, "alias": name, "is_write_index": True}},
+        ])
+        client.indices.delete(index=old)
+        progress(f"alias {name} now points at {new}; {old} deleted")
+        outcome[name] = "upgraded"
+    if _existing_mappings(client, names.urls) is None:
+        client.indices.create(index=concrete_name(names.urls), settings=settings, mappings=urls_mapping(),
+                              aliases={names.urls: {"is_write_index": True}})
+        outcome[names.urls] = "created"
+    else:
+        outcome[names.urls] = "current"
+    return outcome

@@ -1,7 +1,9 @@
 """Pure builders of the two indices' settings and mappings.
 
-The image index holds one document per unique image (id = SHA-256 of its bytes) with its CLIP vector; the
-sources index holds one document per occurrence of an image on a page. Keyword fields are what is matched,
+The image index holds one document per unique image (id = SHA-256 of its bytes) with its CLIP vector and its
+perceptual hashes; the sources index holds one document per occurrence of an image on a page; the urls index
+one document per image URL fetched (what it held, when it was last fetched, its HTTP validators), so that a
+re-crawl downloads only what may have changed. Keyword fields are what is matched,
 sorted and aggregated exactly (URLs, ids, hashes, formats, domains); titles and alt texts are text with a
 keyword sub-field.
 """
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# Bumped whenever a mapping changes; stored in each index's _meta so an older index can be recognised.
-SCHEMA_VERSION = 1
+# Bumped whenever a mapping changes; stored in each index's _meta so an older index can be recognised, and
+# `imgsearch index upgrade` copies it into the current schema. 2: perceptual hashes, the urls index.
+SCHEMA_VERSION = 2
+PHASH_BITS = 64
 DEFAULT_DIMS = 512
 
 _KEYWORD = {"type": "keyword"}
@@ -21,6 +25,10 @@ _TEXT_WITH_KEYWORD = {"type": "text", "fields": {"keyword": {"type": "keyword", 
 
 def sources_alias(image_alias: str) -> str:
     return f"{image_alias}-sources"
+
+
+def urls_alias(image_alias: str) -> str:
+    return f"{image_alias}-urls"
 
 
 def concrete_name(alias: str, schema_version: int = SCHEMA_VERSION) -> str:
@@ -59,6 +67,17 @@ def image_mapping(dims: int = DEFAULT_DIMS, model: str | None = None) -> dict[st
             "last_seen": _DATE,
             "domains": _KEYWORD,
             "model": _KEYWORD,
+            # Near-duplicate channel (pipelines.phash): the whole image's pHash as hex, and the whole image's
+            # and its crops' hashes as bit vectors, which kNN compares by Hamming distance.
+            "phash": _KEYWORD,
+            "phash_crops": {
+                "type": "nested",
+                "properties": {
+                    "crop": _KEYWORD,
+                    "hash": {"type": "dense_vector", "element_type": "bit", "dims": PHASH_BITS, "index": True,
+                             "similarity": "l2_norm"},
+                },
+            },
         },
     }
 
@@ -76,6 +95,20 @@ def sources_mapping() -> dict[str, Any]:
             "domain": _KEYWORD,
             "first_seen": _DATE,
             "last_seen": _DATE,
+        },
+    }
+
+
+def urls_mapping() -> dict[str, Any]:
+    return {
+        "dynamic": "strict",
+        "_meta": {"schema_version": SCHEMA_VERSION, "kind": "urls"},
+        "properties": {
+            "image_url": _KEYWORD,
+            "image_id": _KEYWORD,
+            "fetched": _DATE,  # last download, or last 304 answer to a conditional request
+            "etag": {"type": "keyword", "index": False},
+            "last_modified": {"type": "keyword", "index": False},
         },
     }
 

@@ -4,6 +4,11 @@ Downloading through the engine means robots.txt, retries, AutoThrottle, the HTTP
 apply to images as they do to pages. Image requests carry `allow_offsite`, so images on other hosts than the
 page (CDNs) are fetched although the spider's allowed_domains keep the crawl itself on the site.
 
+Re-crawls are cheap: the image URLs of each page are looked up in batches in the urls index (one mget for the
+URLs, one for their images). A URL fetched within IMGSEARCH_REFRESH_DAYS whose image is indexed is not
+downloaded again (`imgsearch/fetch/skipped_known`): the item goes on to record the occurrence. An older one is
+asked for with its ETag / Last-Modified, and a 304 answer (`imgsearch/fetch/not_modified`) counts as fresh.
+
 Each failure is a counted reason (`imgsearch/fetch/skipped/<reason>` for images we choose not to index,
 `imgsearch/fetch/failed/<reason>` for errors), one WARNING line, and a dropped item; the crawl goes on.
 """
@@ -11,12 +16,13 @@ Each failure is a counted reason (`imgsearch/fetch/skipped/<reason>` for images 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +32,9 @@ from scrapy.pipelines.files import FilesPipeline, FSFilesStore
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer
 
-from pipelines import imaging
+from pipelines import imaging, phash
+from pipelines.batching import Batcher
+from pipelines.indexing import url_id
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -65,6 +73,59 @@ class FetchedImage:
             item[name] = value
 
 
+@dataclass(frozen=True)
+class KnownURL:
+    """An image URL the index already holds: its image, when it was last fetched, its HTTP validators."""
+
+    image: FetchedImage
+    fetched: dt.datetime
+    etag: str | None
+    last_modified: str | None
+
+    def fresh(self, now: dt.datetime, refresh_days: float) -> bool:
+        return now - self.fetched < dt.timedelta(days=refresh_days)
+
+    def conditional_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+def parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def known_urls(client: Any, images_index: str, urls_index: str, urls: list[str]) -> dict[str, KnownURL]:
+    """The URLs among `urls` that the urls index holds and whose image document exists."""
+    response = await client.mget(index=urls_index, ids=[url_id(u) for u in urls])
+    found = {doc["_source"]["image_url"]: doc["_source"] for doc in response["docs"] if doc.get("found")}
+    if not found:
+        return {}
+    ids = sorted({doc["image_id"] for doc in found.values()})
+    images = await client.mget(index=images_index, ids=ids,
+                               source=["relative_path", "width", "height", "format", "bytes"])
+    stored = {doc["_id"]: doc["_source"] for doc in images["docs"] if doc.get("found")}
+    known = {}
+    for url, doc in found.items():
+        image = stored.get(doc["image_id"])
+        if image is None:
+            continue  # the image document is gone (index deleted or restored from elsewhere): fetch again
+        known[url] = KnownURL(
+            image=FetchedImage(image_id=doc["image_id"], image_name=image_name(url, doc["image_id"][:16]),
+                               relative_path=image["relative_path"], width=image["width"],
+                               height=image["height"], format=image["format"], bytes=image["bytes"]),
+            fetched=parse_time(doc["fetched"]), etag=doc.get("etag"), last_modified=doc.get("last_modified"))
+    return known
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1")[:1024] if value else None
+
+
 def image_name(url: str, fallback: str) -> str:
     name = PurePosixPath(unquote(urlsplit(url).path)).name
     return name[:200] if name else fallback
@@ -93,11 +154,31 @@ def download_failure_reason(exc: BaseException) -> str:
     return "download_error"
 
 
+class StoredHashes:
+    """Perceptual hashes of already indexed images, computed from the originals the crawl kept in a local
+    FILES_STORE: `imgsearch index upgrade` fills in an older index's image documents with it."""
+
+    def __init__(self, files_store: str, *, max_pixels: int) -> None:
+        self.base = Path(files_store.removeprefix("file://"))
+        self.max_pixels = max_pixels
+        self.missing = 0
+
+    def __call__(self, doc: dict[str, Any]) -> dict[str, Any]:
+        path = self.base / (doc.get("relative_path") or "")
+        try:
+            loaded = imaging.load_image(path.read_bytes(), max_bytes=1 << 40, max_pixels=self.max_pixels,
+                                        min_width=1, min_height=1)
+        except (OSError, imaging.ImageRejected):
+            self.missing += 1
+            return doc
+        return {**doc, **phash.document_fields(phash.image_hashes(loaded.image))}
+
+
 class FetchPipeline:
     """Fetch stage of the crawl (see the module docstring)."""
 
     def __init__(self, *, crawler: Crawler, store: Any, max_bytes: int, max_pixels: int, min_width: int,
-                 min_height: int, seen_urls: int) -> None:
+                 min_height: int, seen_urls: int, refresh_days: float, index: str | None) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
         self.store = store
@@ -106,6 +187,10 @@ class FetchPipeline:
         self.min_width = min_width
         self.min_height = min_height
         self.seen_urls = seen_urls
+        self.refresh_days = refresh_days
+        self.index = index  # None: no lookups of known URLs (every image is downloaded)
+        self.client: Any = None
+        self._lookups: Batcher[str, KnownURL | None] | None = None
         # URL -> outcome of its first fetch, bounded: an image shown on many pages is downloaded once, and a
         # later occurrence waits until the first one has been through the whole pipeline.
         self._recent: OrderedDict[str, asyncio.Future[FetchedImage | FetchRejected]] = OrderedDict()
@@ -123,14 +208,44 @@ class FetchPipeline:
             min_width=settings.getint("IMGSEARCH_FETCH_MIN_WIDTH"),
             min_height=settings.getint("IMGSEARCH_FETCH_MIN_HEIGHT"),
             seen_urls=settings.getint("IMGSEARCH_FETCH_SEEN_URLS"),
+            refresh_days=settings.getfloat("IMGSEARCH_REFRESH_DAYS"),
+            index=settings.get("IMGSEARCH_INDEX"),
         )
         crawler.signals.connect(pipeline._item_done, signal=signals.item_scraped)
         crawler.signals.connect(pipeline._item_done, signal=signals.item_dropped)
         crawler.signals.connect(pipeline._item_done, signal=signals.item_error)
         return pipeline
 
+    async def open_spider(self) -> None:
+        if self.index is None:
+            return
+        from index_setup.client import async_es_client
+        from index_setup.mappings import urls_alias
+
+        self.client = async_es_client(self.crawler.settings)
+        urls_index = urls_alias(self.index)
+
+        async def lookup(urls: list[str]) -> list[KnownURL | None]:
+            try:
+                known = await known_urls(self.client, self.index, urls_index, urls)
+            except Exception as exc:  # a missing index, an unreachable cluster: download, as on a first crawl
+                self.stats.inc_value("imgsearch/fetch/lookup_failed", len(urls))
+                logger.warning("Could not look up %d image URLs in %s (%s: %s); downloading them", len(urls),
+                               urls_index, type(exc).__name__, str(exc)[:200])
+                return [None] * len(urls)
+            return [known.get(url) for url in urls]
+
+        self._lookups = Batcher(lookup, size=100, max_wait=0.05, max_in_flight=4)
+
+    async def close_spider(self) -> None:
+        if self._lookups is not None:
+            await self._lookups.close()
+        if self.client is not None:
+            await self.client.close()
+
     async def process_item(self, item: Any) -> Any:
-        """Fill in the image's id, size, format and stored path, and hand its decoded pixels to the next stage."""
+        """Fill in the image's id, size, format and stored path, and hand its decoded pixels to the next stage;
+        for an image URL already indexed and fresh, fill in what the index holds and skip the download."""
         self.stats.inc_value("imgsearch/find/found")
         url = item["image_url"]
         earlier = self._recent.get(url)
@@ -145,11 +260,52 @@ class FetchPipeline:
             return item
         future: asyncio.Future[FetchedImage | FetchRejected] = asyncio.get_running_loop().create_future()
         self._remember(url, future)
+        known = await self._lookups.submit(url) if self._lookups is not None else None
+        if known is not None and known.fresh(dt.datetime.now(dt.timezone.utc), self.refresh_days):
+            self.stats.inc_value("imgsearch/fetch/skipped_known")
+            return self._known(item, known.image, future)
         try:
-            loaded = await self._fetch(url, item.get("page_url"))
+            fetched = await self._fetch(item, known)
         except FetchRejected as rejection:
             future.set_result(rejection)
             raise self._drop(item, rejection) from None
+        if fetched is None:  # 304 Not Modified
+            self.stats.inc_value("imgsearch/fetch/not_modified")
+            item["url_checked"] = True
+            item["http_etag"], item["http_last_modified"] = known.etag, known.last_modified
+            return self._known(item, known.image, future)
+        # Later occurrences of this URL wait until this item has left the pipeline (see _item_done), so that
+        # their writes find the image document in place.
+        self._owners[id(item)] = (fetched, future)
+        return item
+
+    def _known(self, item: Any, image: FetchedImage, future: asyncio.Future[FetchedImage | FetchRejected]) -> Any:
+        replace(image, image_name=image_name(item["image_url"], image.image_name)).fill(item)
+        item["known"] = True
+        future.set_result(image)
+        return item
+
+    async def _fetch(self, item: Any, known: KnownURL | None) -> FetchedImage | None:
+        """Download, check, decode, hash and keep the image; None when a conditional request says it is unchanged.
+        The decoded pixels go into the item for the embed stage."""
+        url, page_url = item["image_url"], item.get("page_url")
+        headers = {"Referer": page_url} if page_url else {}
+        if known is not None:
+            headers.update(known.conditional_headers())
+        response = await self._download(url, headers, expect_304=bool(known and known.conditional_headers()))
+        if response.status == 304:
+            return None
+        self.stats.inc_value("imgsearch/fetch/downloaded")
+        self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
+        try:
+            loaded, hashes = await asyncio.to_thread(self._decode_and_hash, response.body)
+        except imaging.ImageRejected as exc:
+            raise FetchRejected(exc.reason, exc.detail) from exc
+        await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
+        item.update(phash.document_fields(hashes))
+        item["http_etag"] = _header(response, b"ETag")
+        item["http_last_modified"] = _header(response, b"Last-Modified")
+        item["url_checked"] = True
         fetched = FetchedImage(
             image_id=loaded.sha256,
             image_name=image_name(url, f"{loaded.sha256[:16]}.{loaded.format}"),
@@ -159,13 +315,10 @@ class FetchPipeline:
         fetched.fill(item)
         item["image"] = loaded.image
         item["known"] = False
-        # Later occurrences of this URL wait until this item has left the pipeline (see _item_done), so that
-        # their writes find the image document in place.
-        self._owners[id(item)] = (fetched, future)
-        return item
+        return fetched
 
-    async def _fetch(self, url: str, page_url: str | None) -> imaging.LoadedImage:
-        request = Request(url, headers={"Referer": page_url} if page_url else None, meta={
+    async def _download(self, url: str, headers: dict[str, str], *, expect_304: bool) -> Response:
+        request = Request(url, headers=headers, meta={
             "allow_offsite": True,
             "download_maxsize": self.max_bytes,
             "download_warnsize": 0,
@@ -175,18 +328,14 @@ class FetchPipeline:
             response: Response = await self.crawler.engine.download_async(request)
         except Exception as exc:
             raise FetchRejected(download_failure_reason(exc), f"{type(exc).__name__}: {exc}") from exc
-        if response.status != 200:
+        if response.status != 200 and not (expect_304 and response.status == 304):
             raise FetchRejected(f"http_{response.status}")
-        self.stats.inc_value("imgsearch/fetch/downloaded")
-        self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
-        try:
-            loaded = await asyncio.to_thread(
-                imaging.load_image, response.body, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
-                min_width=self.min_width, min_height=self.min_height)
-        except imaging.ImageRejected as exc:
-            raise FetchRejected(exc.reason, exc.detail) from exc
-        await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
-        return loaded
+        return response
+
+    def _decode_and_hash(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash]]:
+        loaded = imaging.load_image(body, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                                    min_width=self.min_width, min_height=self.min_height)
+        return loaded, phash.image_hashes(loaded.image)
 
     async def _persist(self, path: str, body: bytes) -> None:
         try:

@@ -53,6 +53,11 @@ def occurrence_id(image_url: str, page_url: str) -> str:
     return hashlib.sha256(f"{image_url}\n{page_url}".encode()).hexdigest()
 
 
+def url_id(image_url: str) -> str:
+    """Id of an image URL's document in the urls index."""
+    return hashlib.sha256(image_url.encode()).hexdigest()
+
+
 def image_document(item: Any, now: str, domains: list[str]) -> dict[str, Any]:
     return {
         "image_id": item["image_id"],
@@ -69,6 +74,8 @@ def image_document(item: Any, now: str, domains: list[str]) -> dict[str, Any]:
         "last_seen": now,
         "domains": domains,
         "model": item.get("model"),
+        "phash": item.get("phash"),
+        "phash_crops": item.get("phash_crops") or [],
     }
 
 
@@ -91,6 +98,13 @@ def source_action(index: str, item: Any, now: str) -> dict[str, Any]:
     update = {k: doc[k] for k in ("image_id", "page_title", "alt_text", "last_seen")}
     return {"op": "update", "index": index, "id": occurrence_id(item["image_url"], item["page_url"]),
             "body": {"doc": update, "upsert": doc}}
+
+
+def url_action(index: str, item: Any, now: str) -> dict[str, Any]:
+    """What the urls index keeps of an image URL just downloaded or revalidated (see pipelines.fetch)."""
+    return {"op": "index", "index": index, "id": url_id(item["image_url"]),
+            "body": {"image_url": item["image_url"], "image_id": item["image_id"], "fetched": now,
+                     "etag": item.get("http_etag"), "last_modified": item.get("http_last_modified")}}
 
 
 def image_actions(index: str, items: list[Any], stored_domains: dict[str, list[str] | None],
@@ -382,6 +396,7 @@ class IndexPipeline:
         self.settings = settings
         self.index = index
         self.sources_index = f"{index}-sources"
+        self.urls_index = f"{index}-urls"
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.max_retries = max_retries
@@ -438,8 +453,16 @@ class IndexPipeline:
         actions, results = await write_image_actions(self.client, self.index, items, now,
                                                      max_retries=self.max_retries, backoff=self.backoff, stats=send)
         sources = [source_action(self.sources_index, item, now) for item in items]
-        source_results = await send_actions(self.client, sources, max_retries=self.max_retries,
-                                            backoff=self.backoff, stats=send)
+        # A URL is recorded as known only once its image is written, so a re-crawl never skips an image that
+        # is not in the index.
+        urls = [url_action(self.urls_index, item, now) for item in items
+                if item.get("url_checked") and results[item["image_id"]].ok]
+        sent = await send_actions(self.client, sources + urls, max_retries=self.max_retries,
+                                  backoff=self.backoff, stats=send)
+        source_results = sent[:len(sources)]
+        for action, outcome in zip(urls, sent[len(sources):], strict=True):
+            if not outcome.ok:  # the next crawl downloads this URL again; kept for replay all the same
+                self._dead_letter(action, outcome)
         self.stats.inc_value("imgsearch/index/retried", send.retried)
         self.stats.inc_value("imgsearch/index/bulk_requests")
         for image_id, outcome in results.items():

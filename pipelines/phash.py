@@ -82,6 +82,12 @@ def image_hashes(image: Image.Image) -> list[PerceptualHash]:
     return [PerceptualHash(name, bits) for (name, _), bits in zip(boxes, _phash_bits(grids), strict=True)]
 
 
+def document_fields(hashes: list[PerceptualHash]) -> dict[str, object]:
+    """The image document's near-duplicate fields: the whole image's hash as hex, every hash as a bit vector."""
+    return {"phash": hashes[0].hex,
+            "phash_crops": [{"crop": h.crop, "hash": to_es_bits(h.bits)} for h in hashes]}
+
+
 def query_hash(image: Image.Image) -> PerceptualHash:
     """The whole-image hash of a query image: what the stored hashes, crops included, are compared with."""
     grey = image.convert("L")

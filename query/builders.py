@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 VECTOR_FIELD = "image_embedding"
+HASH_FIELD = "phash_crops.hash"
 RESULT_FIELDS = ["image_id", "image_url", "image_name", "relative_path", "width", "height", "format", "bytes",
                  "first_seen", "last_seen", "domains"]
 
@@ -35,11 +36,40 @@ def knn_query(vector: list[float], k: int, num_candidates: int, filter: dict[str
     return clause
 
 
+def near_query(hash_hex: str, k: int, max_bits: int, filter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The near-duplicate kNN clause: images with any stored hash (whole or a crop) at most `max_bits` from the
+    query image's hash. Exact over the candidates it visits: a bit vector is compared by Hamming distance, and
+    `similarity` bounds that distance. The inner hit names the closest crop."""
+    clause: dict[str, Any] = {
+        "field": HASH_FIELD,
+        "query_vector": hash_hex,
+        "k": k,
+        "num_candidates": min(10_000, max(100, 2 * k)),
+        "similarity": max_bits,
+        "inner_hits": {"size": 1, "_source": False, "fields": ["phash_crops.crop"]},
+    }
+    if filter:
+        clause["filter"] = filter
+    return clause
+
+
 def exact_query(sha256: str, filter: dict[str, Any] | None = None) -> dict[str, Any]:
     clauses: list[dict[str, Any]] = [{"term": {"sha256": sha256}}]
     if filter:
         clauses.append(filter)
     return {"bool": {"filter": clauses}}
+
+
+def all_sources_request(image_ids: list[str], size: int) -> dict[str, Any]:
+    """Every occurrence of several images, earliest first (the source finder's answer)."""
+    return {
+        "query": {"terms": {"image_id": image_ids}},
+        "sort": [{"first_seen": "asc"}, {"page_url": "asc"}],
+        "size": size,
+        "track_total_hits": True,
+        "_source": ["image_id", "image_url", "page_url", "page_title", "alt_text", "domain", "first_seen",
+                    "last_seen"],
+    }
 
 
 def sources_request(image_ids: list[str], per_image: int) -> dict[str, Any]:

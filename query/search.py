@@ -1,8 +1,13 @@
 """k-NN lookups by image or by text: which indexed images look like this, and where were they found?
 
-An image query is embedded through the same `Embedder` and `load_image` as the crawl. The image with the
-same SHA-256, when indexed, is always the first result, labelled `exact`; the others are `semantic` (CLIP
-kNN). Each result carries its sources, earliest first.
+An image query is decoded by the same `load_image`, hashed by the same `pipelines.phash` and embedded by the
+same `Embedder` as the crawl, and runs three channels in one request (msearch): `exact` (the same SHA-256),
+`near` (a perceptual hash within IMGSEARCH_QUERY_NEAR_BITS of any stored hash of an image, whole or cropped:
+resized, recompressed, grey or cropped copies) and `semantic` (CLIP kNN). Results are merged in that order,
+each image once, each labelled with its channel, each with its sources, earliest first.
+
+`find_sources` answers the source finder's question, "where does this image or a copy of it appear, and where
+first?": the exact and near channels only (no model needed), and every occurrence of what they find, oldest first.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ import elasticsearch
 from crawler.config import load_settings
 from index_setup.client import ClusterError, describe_error, es_client
 from index_setup.indices import IndexMissing
-from pipelines import imaging
+from index_setup.mappings import sources_alias
+from pipelines import imaging, phash
 from pipelines.embedding import Embedder
 from query.builders import (
     RESULT_FIELDS,
+    all_sources_request,
     cosine_from_score,
     domain_filter,
     exact_query,
     knn_query,
+    near_query,
     sources_request,
 )
 from query.inputs import QueryInputError, read_source
@@ -32,6 +40,7 @@ from query.inputs import QueryInputError, read_source
 logger = logging.getLogger(__name__)
 
 SOURCES_PER_RESULT = 10
+MAX_SOURCES = 100
 
 
 class Searcher:
@@ -42,29 +51,60 @@ class Searcher:
         self.embedder = embedder or Embedder.from_settings(self.settings)
         self.client = client or es_client(self.settings)
         self.oversample = self.settings.getfloat("IMGSEARCH_QUERY_OVERSAMPLE")
+        self.near_bits = self.settings.getint("IMGSEARCH_QUERY_NEAR_BITS")
+        self._has_hashes: dict[str, bool] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
     def search_image(self, source: Any, k: int = 10, num_candidates: int = 100, domain: str | None = None,
                      index: str | None = None, *, allow_private: bool = False) -> dict[str, Any]:
-        """Images like `source` (a path, an http(s) URL, bytes or a PIL image), exact copy first."""
+        """Images like `source` (a path, an http(s) URL, bytes or a PIL image): the exact copy first, then
+        near duplicates (closest first), then semantic neighbours."""
         self.embedder.load_image_model()  # before the clock starts: took_ms is the query, not the model load
         started = time.perf_counter()
-        data = read_source(source, allow_private=allow_private,
-                           max_bytes=self.settings.getint("IMGSEARCH_FETCH_MAX_BYTES"))
-        try:
-            # The same checks and shrinking as the crawl, but any size: a thumbnail is a fair query.
-            loaded = imaging.load_image(data, max_bytes=self.settings.getint("IMGSEARCH_FETCH_MAX_BYTES"),
-                                        max_pixels=self.settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"),
-                                        min_width=1, min_height=1)
-        except imaging.ImageRejected as exc:
-            raise QueryInputError(f"the query is not a usable image ({exc.reason}: {exc.detail})"
-                                  if exc.detail else f"the query is not a usable image ({exc.reason})") from exc
+        loaded, query_hash = self._read_image(source, allow_private)
         vector = self.embedder.embed_images([loaded.image])[0]
-        query = {"type": "image", "sha256": loaded.sha256, "width": loaded.width, "height": loaded.height,
-                 "format": loaded.format, "k": k, "num_candidates": num_candidates, "domain": domain}
-        if isinstance(source, str):
-            query["source"] = source
-        return self._search(vector.tolist(), query, index, k, num_candidates, domain, loaded.sha256, started)
+        query = self._image_query(source, loaded, query_hash)
+        query.update({"k": k, "num_candidates": num_candidates, "domain": domain})
+        return self._search(vector.tolist(), query, index, k, num_candidates, domain, started,
+                            sha256=loaded.sha256, hash_hex=query_hash.hex)
+
+    def find_sources(self, source: Any, index: str | None = None, limit: int = MAX_SOURCES, *,
+                     allow_private: bool = False) -> dict[str, Any]:
+        """Where `source` or a copy of it (exact or near) appears: its occurrences, oldest first_seen first.
+
+        Returns {"query", "took_ms", "oldest" (the oldest occurrence, or None), "sources" (up to `limit`, each
+        with the match, distance_bits and image_id of the image found there), "sources_total", "images"}.
+        """
+        started = time.perf_counter()
+        loaded, query_hash = self._read_image(source, allow_private)
+        alias = self._alias(index)
+        query = self._image_query(source, loaded, query_hash)
+        notes = self._notes(alias)
+        searches = [{"query": exact_query(loaded.sha256), "size": 1, "fields": RESULT_FIELDS, "_source": False}]
+        if not notes:
+            searches.append({"knn": near_query(query_hash.hex, limit, self.near_bits), "size": limit,
+                             "fields": RESULT_FIELDS, "_source": False})
+        images: list[dict[str, Any]] = []
+        for match, response in zip(("exact", "near"), self._msearch(alias, searches), strict=False):
+            images += [self._result(hit, match) for hit in response["hits"]["hits"]]
+        images = _unique(images)
+        sources: list[dict[str, Any]] = []
+        total = 0
+        if images:
+            response = self._call(self.client.search, index=sources_alias(alias),
+                                  **all_sources_request([i["image_id"] for i in images], limit))
+            by_id = {i["image_id"]: i for i in images}
+            total = response["hits"]["total"]["value"]
+            for hit in response["hits"]["hits"]:
+                found = by_id[hit["_source"]["image_id"]]
+                sources.append({**hit["_source"], "match": found["match"],
+                                "distance_bits": found.get("distance_bits")})
+        answer = {"query": query, "took_ms": round((time.perf_counter() - started) * 1000, 1),
+                  "oldest": sources[0] if sources else None, "sources": sources, "sources_total": total,
+                  "images": images}
+        if notes:
+            answer["notes"] = notes
+        return answer
 
     def search_text(self, text: str, k: int = 10, num_candidates: int = 100, domain: str | None = None,
                     index: str | None = None) -> dict[str, Any]:
@@ -75,7 +115,7 @@ class Searcher:
         started = time.perf_counter()
         vector = self.embedder.embed_texts([text])[0]
         query = {"type": "text", "text": text, "k": k, "num_candidates": num_candidates, "domain": domain}
-        return self._search(vector.tolist(), query, index, k, num_candidates, domain, None, started)
+        return self._search(vector.tolist(), query, index, k, num_candidates, domain, started)
 
     def image_sources(self, image_ids: list[str], index: str | None = None,
                       per_image: int = SOURCES_PER_RESULT) -> dict[str, tuple[list[dict[str, Any]], int]]:
@@ -97,6 +137,59 @@ class Searcher:
     def _alias(self, index: str | None) -> str:
         return index or self.settings.get("IMGSEARCH_INDEX")
 
+    def _read_image(self, source: Any, allow_private: bool) -> tuple[imaging.LoadedImage, phash.PerceptualHash]:
+        data = read_source(source, allow_private=allow_private,
+                           max_bytes=self.settings.getint("IMGSEARCH_FETCH_MAX_BYTES"))
+        try:
+            # The same checks and shrinking as the crawl, but any size: a thumbnail is a fair query.
+            loaded = imaging.load_image(data, max_bytes=self.settings.getint("IMGSEARCH_FETCH_MAX_BYTES"),
+                                        max_pixels=self.settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"),
+                                        min_width=1, min_height=1)
+        except imaging.ImageRejected as exc:
+            raise QueryInputError(f"the query is not a usable image ({exc.reason}: {exc.detail})"
+                                  if exc.detail else f"the query is not a usable image ({exc.reason})") from exc
+        return loaded, phash.query_hash(loaded.image)
+
+    @staticmethod
+    def _image_query(source: Any, loaded: imaging.LoadedImage, query_hash: phash.PerceptualHash) -> dict[str, Any]:
+        query = {"type": "image", "sha256": loaded.sha256, "phash": query_hash.hex, "width": loaded.width,
+                 "height": loaded.height, "format": loaded.format}
+        if isinstance(source, str):
+            query["source"] = source
+        return query
+
+    def _notes(self, alias: str) -> list[str]:
+        """Why a channel is left out: an index made before perceptual hashes has no near-duplicate channel."""
+        if alias not in self._has_hashes:
+            mappings = self._call(self.client.indices.get_mapping, index=alias).body
+            self._has_hashes[alias] = all("phash_crops" in body.get("mappings", {}).get("properties", {})
+                                          for body in mappings.values())
+        if self._has_hashes[alias]:
+            return []
+        return [f"index {alias} predates perceptual hashes: no near-duplicate matches until `imgsearch index "
+                f"upgrade --index {alias}`"]
+
+    def _msearch(self, alias: str, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several searches of one index in one round trip; an error in any is raised as the one call would."""
+        body: list[dict[str, Any]] = []
+        for search in searches:
+            body += [{}, search]
+        responses = self._call(self.client.msearch, index=alias, searches=body)["responses"]
+        for response in responses:
+            error = response.get("error")
+            if not error:
+                continue
+            kind, reason = (error.get("type"), error.get("reason")) if isinstance(error, dict) else (None, error)
+            if kind == "index_not_found_exception":
+                raise IndexMissing(f"index {alias} does not exist: create it with `imgsearch index create "
+                                   f"--index {alias}` and crawl into it")
+            detail = json_reason(error)
+            if "dimension" in detail.lower() or "dims" in detail.lower():
+                raise ClusterError(f"the index holds vectors of other dimensions than the model gives "
+                                   f"({self.embedder.image_model_name}): {reason}")
+            raise ClusterError(f"Elasticsearch refused the search ({response.get('status')} {kind}): {detail}")
+        return responses
+
     def _call(self, method: Any, **kwargs: Any) -> Any:
         try:
             return method(**kwargs)
@@ -115,37 +208,56 @@ class Searcher:
             raise ClusterError(describe_error(exc, self.settings)) from exc
 
     def _search(self, vector: list[float], query: dict[str, Any], index: str | None, k: int, num_candidates: int,
-                domain: str | None, sha256: str | None, started: float) -> dict[str, Any]:
+                domain: str | None, started: float, *, sha256: str | None = None,
+                hash_hex: str | None = None) -> dict[str, Any]:
         alias = self._alias(index)
         filter = domain_filter(domain)
-        results: list[dict[str, Any]] = []
+        channels: list[tuple[str, dict[str, Any]]] = []
+        notes: list[str] = []
         if sha256 is not None:
-            exact = self._call(self.client.search, index=alias, query=exact_query(sha256, filter), size=1,
-                               fields=RESULT_FIELDS, source=False)
-            results += [self._result(hit, "exact", 1.0) for hit in exact["hits"]["hits"]]
-        knn = self._call(self.client.search, index=alias, size=k, fields=RESULT_FIELDS, source=False,
-                         knn=knn_query(vector, k, num_candidates, filter, self.oversample))
-        seen = {r["image_id"] for r in results}
-        for hit in knn["hits"]["hits"]:
-            if hit["_id"] not in seen:
-                results.append(self._result(hit, "semantic", cosine_from_score(hit["_score"])))
-        results = results[:k]
+            channels.append(("exact", {"query": exact_query(sha256, filter), "size": 1}))
+        if hash_hex is not None:
+            notes = self._notes(alias)
+            if not notes:
+                channels.append(("near", {"knn": near_query(hash_hex, k, self.near_bits, filter), "size": k}))
+        channels.append(("semantic", {"knn": knn_query(vector, k, num_candidates, filter, self.oversample),
+                                      "size": k}))
+        searches = [{**body, "fields": RESULT_FIELDS, "_source": False} for _, body in channels]
+        results: list[dict[str, Any]] = []
+        for (match, _), response in zip(channels, self._msearch(alias, searches), strict=True):
+            results += [self._result(hit, match) for hit in response["hits"]["hits"]]
+        results = _unique(results)[:k]
         sources = self.image_sources([r["image_id"] for r in results], index)
         for result in results:
             result["sources"], result["sources_total"] = sources.get(result["image_id"], ([], 0))
-        return {"query": query, "took_ms": round((time.perf_counter() - started) * 1000, 1), "results": results}
+        answer = {"query": query, "took_ms": round((time.perf_counter() - started) * 1000, 1), "results": results}
+        if notes:
+            answer["notes"] = notes
+        return answer
 
     @staticmethod
-    def _result(hit: dict[str, Any], match: str, score: float) -> dict[str, Any]:
+    def _result(hit: dict[str, Any], match: str) -> dict[str, Any]:
+        """One result; `score` is 1.0 for an exact copy, (64 - distance_bits) / 64 for a near duplicate, the
+        cosine similarity of the CLIP vectors for a semantic neighbour."""
         fields = hit.get("fields", {})
 
         def one(name: str) -> Any:
             values = fields.get(name)
             return values[0] if values else None
 
+        extra: dict[str, Any] = {}
+        if match == "exact":
+            score = 1.0
+        elif match == "near":
+            score = round(hit["_score"], 6)
+            extra["distance_bits"] = phash.hamming_from_score(hit["_score"])
+            extra["matched_crop"] = _matched_crop(hit)
+        else:
+            score = cosine_from_score(hit["_score"])
         return {
             "score": score,
             "match": match,
+            **extra,
             "image_id": hit["_id"],
             "image_url": one("image_url"),
             "image_name": one("image_name"),
@@ -158,6 +270,36 @@ class Searcher:
             "last_seen": one("last_seen"),
             "domains": fields.get("domains", []),
         }
+
+
+def _unique(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each image once, where it first appears (the channels come best first: exact, near, semantic)."""
+    seen: set[str] = set()
+    unique = []
+    for result in results:
+        if result["image_id"] not in seen:
+            seen.add(result["image_id"])
+            unique.append(result)
+    return unique
+
+
+def _matched_crop(hit: dict[str, Any]) -> str | None:
+    """Which stored hash (the whole image, or which crop) the near-duplicate channel matched."""
+    try:
+        inner = hit["inner_hits"]["phash_crops"]["hits"]["hits"][0]
+        return inner["fields"]["phash_crops"][0]["crop"][0]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def json_reason(error: Any) -> str:
+    if isinstance(error, dict):
+        causes = error.get("root_cause") or []
+        reason = error.get("reason") or ""
+        if causes and isinstance(causes[0], dict) and causes[0].get("reason") not in (None, reason):
+            reason = f"{reason} ({causes[0]['reason']})"
+        return str(reason)[:500]
+    return str(error)[:500]
 
 
 _default: Searcher | None = None
@@ -174,6 +316,12 @@ def search_image(source: Any, k: int = 10, num_candidates: int = 100, domain: st
                  index: str | None = None, *, allow_private: bool = False) -> dict[str, Any]:
     """Images like `source` (a path, an http(s) URL, bytes or a PIL image); see Searcher.search_image."""
     return default_searcher().search_image(source, k, num_candidates, domain, index, allow_private=allow_private)
+
+
+def find_sources(source: Any, index: str | None = None, limit: int = MAX_SOURCES, *,
+                 allow_private: bool = False) -> dict[str, Any]:
+    """Where `source` or a copy of it appears, oldest first; see Searcher.find_sources."""
+    return default_searcher().find_sources(source, index, limit, allow_private=allow_private)
 
 
 def search_text(text: str, k: int = 10, num_candidates: int = 100, domain: str | None = None,

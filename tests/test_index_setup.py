@@ -1,12 +1,27 @@
-"""The two-index schema against the real Elasticsearch node."""
+"""The three-index schema, and its upgrade from an older one, against the real Elasticsearch node."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from index_setup.indices import IndexConflict, IndexMissing, ensure_indices, index_info, require_indices
-from index_setup.mappings import concrete_name, image_mapping, sources_alias
+from index_setup.indices import (
+    IndexConflict,
+    IndexMissing,
+    IndexOutdated,
+    ensure_indices,
+    index_info,
+    require_indices,
+    upgrade_indices,
+)
+from index_setup.mappings import (
+    SCHEMA_VERSION,
+    concrete_name,
+    image_mapping,
+    sources_alias,
+    sources_mapping,
+    urls_alias,
+)
 
 
 def _unit(vector):
@@ -21,11 +36,10 @@ def _basis(i, dims=512):
 
 
 def test_create_twice_is_a_no_op(es, index_alias):
-    assert ensure_indices(es, index_alias, model="m") == {index_alias: "created",
-                                                         sources_alias(index_alias): "created"}
+    names = (index_alias, sources_alias(index_alias), urls_alias(index_alias))
+    assert ensure_indices(es, index_alias, model="m") == dict.fromkeys(names, "created")
     first = es.indices.get(index=index_alias).body
-    assert ensure_indices(es, index_alias, model="m") == {index_alias: "exists",
-                                                         sources_alias(index_alias): "exists"}
+    assert ensure_indices(es, index_alias, model="m") == dict.fromkeys(names, "exists")
     assert es.indices.get(index=index_alias).body == first
     require_indices(es, index_alias)
 
@@ -52,7 +66,13 @@ def test_mappings_are_as_specified(es, index_alias):
         assert sprops[field]["type"] == "text"
         assert sprops[field]["fields"]["keyword"]["type"] == "keyword"
     meta = index_info(es, index_alias)[0]["meta"]
-    assert meta["schema_version"] == 1 and meta["dims"] == 512 and meta["model"] == "m"
+    assert meta["schema_version"] == SCHEMA_VERSION == 2 and meta["dims"] == 512 and meta["model"] == "m"
+    crops = props["phash_crops"]
+    assert crops["type"] == "nested" and props["phash"]["type"] == "keyword"
+    assert crops["properties"]["hash"] == {"type": "dense_vector", "dims": 64, "index": True,
+                                           "similarity": "l2_norm", "element_type": "bit"}
+    urls = next(iter(es.indices.get_mapping(index=urls_alias(index_alias)).body.values()))["mappings"]
+    assert urls["properties"]["fetched"]["type"] == "date" and urls["properties"]["image_id"]["type"] == "keyword"
 
 
 def test_conflicting_index_is_refused_untouched(es, index_alias):
@@ -113,3 +133,80 @@ def test_sources_index_accepts_occurrences(es, index_alias):
     assert [h["_source"]["page_url"] for h in result["hits"]["hits"]] == ["http://a.test/1", "http://a.test/2"]
     text = es.search(index=sources, query={"match": {"alt_text": "chat"}})
     assert text["hits"]["total"]["value"] == 2
+
+
+def _v1_mappings(dims=512):
+    """The schema-1 mappings as the first release wrote them: no perceptual hashes, no urls index."""
+    images = image_mapping(dims, "m")
+    for field in ("phash", "phash_crops"):
+        del images["properties"][field]
+    images["_meta"]["schema_version"] = 1
+    sources = sources_mapping()
+    sources["_meta"]["schema_version"] = 1
+    return images, sources
+
+
+def test_an_older_index_is_refused_then_upgraded_without_losing_a_document(es, index_alias):
+    alias = f"{index_alias}-old"
+    images, sources = _v1_mappings()
+    es.indices.create(index=f"{alias}-v1", mappings=images, aliases={alias: {"is_write_index": True}})
+    es.indices.create(index=f"{sources_alias(alias)}-v1", mappings=sources,
+                      aliases={sources_alias(alias): {"is_write_index": True}})
+    try:
+        for i in range(1200):  # more than one scroll page and one bulk chunk
+            es.index(index=alias, id=f"img{i}", document={
+                "image_id": f"img{i}", "relative_path": f"full/{i}.jpg", "image_embedding": _unit(_basis(i % 512)),
+                "domains": ["a.test"], "first_seen": "2025-01-01T00:00:00Z"})
+        es.index(index=sources_alias(alias), id="occ", document={"image_id": "img7", "page_url": "http://a.test/"})
+        es.indices.refresh(index=f"{alias},{sources_alias(alias)}")
+        before = es.indices.get(index=f"{alias}-v1").body
+        with pytest.raises(IndexOutdated, match="imgsearch index upgrade"):
+            ensure_indices(es, alias, model="m")
+        with pytest.raises(IndexOutdated):
+            require_indices(es, alias)
+        assert es.indices.get(index=f"{alias}-v1").body == before, "a refusal changes nothing"
+
+        def add_hash(doc):
+            return {**doc, "phash": "00000000ffffffff",
+                    "phash_crops": [{"crop": "whole", "hash": "00000000ffffffff"}]}
+
+        assert upgrade_indices(es, alias, transform_image=add_hash, progress=lambda _: None) == {
+            alias: "upgraded", sources_alias(alias): "upgraded", urls_alias(alias): "created"}
+        assert list(es.indices.get_alias(name=alias).body) == [concrete_name(alias)]
+        assert not es.indices.exists(index=f"{alias}-v1")
+        assert es.count(index=alias)["count"] == 1200 and es.count(index=sources_alias(alias))["count"] == 1
+        doc = es.get(index=alias, id="img7")["_source"]
+        assert doc["first_seen"] == "2025-01-01T00:00:00Z" and doc["phash"] == "00000000ffffffff"
+        require_indices(es, alias)
+        assert ensure_indices(es, alias, model="m")[alias] == "exists"
+        near = es.search(index=alias, knn={"field": "phash_crops.hash", "query_vector": "00000000fffffffe", "k": 1,
+                                           "num_candidates": 10, "similarity": 10})
+        assert near["hits"]["total"]["value"] >= 1
+        es.index(index=alias, id="new", document={"image_id": "new"}, refresh=True)  # the alias takes writes
+        assert upgrade_indices(es, alias, progress=lambda _: None)[alias] == "current"
+    finally:
+        for name in (alias, sources_alias(alias), urls_alias(alias)):
+            es.indices.delete(index=f"{name}-v1,{name}-v2", ignore_unavailable=True)
+
+
+def test_a_failed_upgrade_leaves_the_old_index_in_use_and_writable(es, index_alias):
+    alias = f"{index_alias}-fail"
+    images, sources = _v1_mappings()
+    es.indices.create(index=f"{alias}-v1", mappings=images, aliases={alias: {"is_write_index": True}})
+    es.indices.create(index=f"{sources_alias(alias)}-v1", mappings=sources,
+                      aliases={sources_alias(alias): {"is_write_index": True}})
+    try:
+        es.index(index=alias, id="a", document={"image_id": "a"}, refresh=True)
+
+        def broken(doc):
+            return {**doc, "phash": "not hex", "phash_crops": [{"crop": "whole", "hash": "zz"}]}
+
+        with pytest.raises(IndexConflict, match="copying"):
+            upgrade_indices(es, alias, transform_image=broken, progress=lambda _: None)
+        assert list(es.indices.get_alias(name=alias).body) == [f"{alias}-v1"]
+        assert not es.indices.exists(index=concrete_name(alias))
+        es.index(index=alias, id="b", document={"image_id": "b"}, refresh=True)  # writable again
+        assert es.count(index=alias)["count"] == 2
+    finally:
+        for name in (alias, sources_alias(alias), urls_alias(alias)):
+            es.indices.delete(index=f"{name}-v1,{name}-v2", ignore_unavailable=True)

@@ -77,9 +77,67 @@ def test_a_resized_recompressed_copy_finds_its_original_in_the_top_3(searcher, i
     buffer = io.BytesIO()
     copy.save(buffer, format="JPEG", quality=60)
     response = searcher.search_image(buffer.getvalue(), k=5, index=index_alias)
-    top3 = [r["image_url"].rsplit("/", 1)[-1] for r in response["results"][:3]]
-    assert "p105.jpg" in top3
-    assert all(r["match"] != "exact" for r in response["results"])
+    first = response["results"][0]
+    assert first["image_url"].endswith("/photos/p105.jpg")
+    assert first["match"] == "near" and first["distance_bits"] <= 10 and first["matched_crop"]
+    assert all(r["match"] == "semantic" for r in response["results"][1:])
+
+
+def _edited(data: bytes, edit: str) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        if edit == "resize_70":
+            im = im.resize((round(w * 0.7), round(h * 0.7)), Image.Resampling.LANCZOS)
+        elif edit == "crop_5_corner":
+            im = im.crop((0, 0, round(w * 0.95), round(h * 0.95)))
+        elif edit == "crop_10_corner":
+            im = im.crop((round(w * 0.1), round(h * 0.1), w, h))
+        elif edit == "grey":
+            im = im.convert("L").convert("RGB")
+    return encode(im, "JPEG", quality=70)
+
+
+@pytest.mark.parametrize("edit", ["resize_70", "crop_5_corner", "crop_10_corner", "grey"])
+def test_edited_copies_are_near_duplicates_with_their_source_pages(searcher, indexed, index_alias, edit):
+    copy = _edited(indexed["second"].routes["/photos/p206.jpg"].body, edit)
+    response = searcher.search_image(copy, k=5, index=index_alias)
+    first = response["results"][0]
+    assert first["match"] == "near", response["results"][:2]
+    assert first["image_url"].endswith("/photos/p206.jpg")
+    assert first["sources"][0]["page_url"] == f"http://localhost:{indexed['second'].port}/"
+    assert [r["match"] for r in response["results"][1:]] == ["semantic"] * 4
+    sources = searcher.find_sources(copy, index=index_alias)
+    assert [(s["match"], s["page_url"]) for s in sources["sources"]] == [
+        ("near", f"http://localhost:{indexed['second'].port}/")]
+    assert sources["oldest"] == sources["sources"][0] and sources["sources_total"] == 1
+
+
+def test_a_different_image_is_never_exact_or_near(searcher, index_alias):
+    for seed in range(900, 906):
+        stranger = encode(photo_like(seed, 400, 300))
+        response = searcher.search_image(stranger, k=5, index=index_alias)
+        assert [r["match"] for r in response["results"]] == ["semantic"] * 5
+        assert searcher.find_sources(stranger, index=index_alias)["sources"] == []
+
+
+def test_sources_command_heads_with_the_oldest_source(indexed, index_alias, tmp_path):
+    path = tmp_path / "copy.jpg"
+    path.write_bytes(_edited(indexed["first"].routes["/photos/p108.jpg"].body, "crop_5_corner"))
+    table = cli(indexed["env"], "sources", "--image", str(path), "--index", index_alias)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("Oldest known source: " + indexed["first"].url + "/")
+    assert "near" in table.stdout and "Gallery 100" in table.stdout
+    answer = cli(indexed["env"], "sources", "--image", str(path), "--index", index_alias, "--json")
+    assert answer.returncode == 0, answer.stderr
+    body = json.loads(answer.stdout)
+    assert body["oldest"]["page_url"] == indexed["first"].url + "/"
+    assert body["images"][0]["image_url"].endswith("/photos/p108.jpg")
+    nothing = tmp_path / "other.jpg"
+    nothing.write_bytes(encode(photo_like(999)))
+    none = cli(indexed["env"], "sources", "--image", str(nothing), "--index", index_alias)
+    assert none.returncode == 0 and "No indexed copy" in none.stdout
 
 
 def test_pil_and_bytes_sources_give_the_same_answer(searcher, indexed, index_alias):

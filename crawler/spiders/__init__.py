@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from crawler.extract import extract_images, page_title
 from crawler.items import ImageItem
+from crawler.jobstate import KEY, page_done
 
 
 def image_items(response: Response) -> Iterator[ImageItem]:
@@ -48,6 +49,8 @@ class ImageSpider(scrapy.Spider):
             reason = f"http_{failure.value.response.status}"
         self.crawler.stats.inc_value(f"imgsearch/find/failed/{reason}")
         self.logger.warning("Page failed %s (%s): %s", reason, failure.request.url, failure.getErrorMessage())
+        # Counted: done, for the job journal (crawler.jobstate), like a page whose images are all indexed.
+        self.crawler.signals.send_catch_log(signal=page_done, key=failure.request.meta.get(KEY))
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """The page's image items; a response that is an image itself is one item, its own page."""
