@@ -51,6 +51,21 @@ def edited_copy(data: bytes) -> bytes:
     return out.getvalue()
 
 
+def drop_outdated_demo_index(settings) -> None:
+    """The demo's own index, made by an older version, is made again rather than upgraded: it is a sample."""
+    from index_setup.client import es_client
+    from index_setup.indices import delete_indices, schema_versions
+    from index_setup.mappings import SCHEMA_VERSION
+
+    client = es_client(settings)
+    try:
+        if any(v < SCHEMA_VERSION for v in schema_versions(client, DEMO_INDEX).values()):
+            delete_indices(client, DEMO_INDEX)
+            print(f"Removed the demo index {DEMO_INDEX} made by an older version; it is made again.")
+    finally:
+        client.close()
+
+
 def run_demo(args: Any) -> int:
     from cli import CliError, _settings, crawl_exit_status, ensure_local_node, prepare_crawl
     from cli.tables import results_table
@@ -71,6 +86,8 @@ def run_demo(args: Any) -> int:
     settings.set("AUTOTHROTTLE_ENABLED", False, priority="cmdline")
     settings.set("STATS_DUMP", False, priority="cmdline")  # the summary line says what matters here
     settings.set("LOG_LEVEL", "WARNING", priority="cmdline")
+    if not args.index:
+        drop_outdated_demo_index(settings)
     prepare_crawl(settings)
     routes = demo_site()
     try:  # a fixed port keeps the sample pages' URLs, and so their sources, the same from run to run

@@ -166,7 +166,7 @@ def test_a_crawl_killed_with_sigkill_resumes_with_every_image_and_occurrence_onc
                 es.indices.refresh(index=alias)
                 return es.count(index=alias)["count"]
 
-            wait_for(lambda: indexed() >= 40 or victim.poll() is not None, 180, "the crawl to index 40 images")
+            wait_for(lambda: indexed() >= 80 or victim.poll() is not None, 180, "the crawl to index 80 images")
             assert victim.poll() is None, "the crawl ended before it could be killed"
             victim.send_signal(signal.SIGKILL)
             victim.wait(30)
@@ -175,11 +175,14 @@ def test_a_crawl_killed_with_sigkill_resumes_with_every_image_and_occurrence_onc
                 victim.kill()
         killed_at = indexed()
         assert killed_at < pages * per_page + shared, "killed in the middle"
+        pages_before = site.fetched("/page/")
         stats_file = tmp_path / "resumed.json"
         resumed = subprocess.run([*args, site.url + "/", "--stats-file", str(stats_file)], capture_output=True,
                                  text=True, timeout=300, env={**os.environ, **env})
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         stats = json.loads(stats_file.read_text())
+        # Pages finished before the kill are not crawled again; only the unfinished ones are.
+        assert site.fetched("/page/") - pages_before == stats["imgsearch/job/resumed_pages"] < pages
     assert stats["imgsearch/job/resumed_pages"] > 0
     es.indices.refresh(index=f"{alias},{sources_alias(alias)}")
     assert es.count(index=alias)["count"] == pages * per_page + shared
