@@ -296,16 +296,19 @@ def _searcher(settings):
 def run_query(searcher, args: argparse.Namespace) -> dict:
     """Run an image or text query, turning every expected failure into a CliError."""
     from index_setup.client import ClusterError
-    from index_setup.indices import IndexMissing
+    from index_setup.indices import IndexConflict, IndexMissing
     from pipelines.embedding import ModelUnavailable
     from query.inputs import QueryInputError
 
     try:
+        filters = {"domains": args.domain, "since": args.since, "until": args.until, "min_width": args.min_width,
+                   "min_height": args.min_height, "formats": args.format, "min_score": args.min_score}
         if args.image:
-            return searcher.search_image(args.image, args.k, args.num_candidates, args.domain, args.index,
-                                         allow_private=args.allow_private)
-        return searcher.search_text(args.text, args.k, args.num_candidates, args.domain, args.index)
-    except (QueryInputError, IndexMissing, ClusterError, ModelUnavailable) as exc:
+            return searcher.search_image(args.image, args.k, args.num_candidates, index=args.index,
+                                         allow_private=args.allow_private, sort=args.sort, **filters)
+        return searcher.search_text(args.text, args.k, args.num_candidates, index=args.index, sort=args.sort,
+                                    **filters)
+    except (QueryInputError, IndexMissing, IndexConflict, ClusterError, ModelUnavailable) as exc:
         raise CliError(str(exc)) from exc
 
 
@@ -402,7 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--text", help="query text, in any language of the text model")
     search.add_argument("--k", type=int, default=10, help="results (default 10)")
     search.add_argument("--num-candidates", type=int, default=100, help="kNN candidates per shard (default 100)")
-    search.add_argument("--domain", help="only images seen on this domain (comma-separated for several)")
+    search.add_argument("--domain", action="append",
+                        help="only images seen on this domain (repeat, or comma-separate, for several)")
+    search.add_argument("--since", metavar="DATE", help="only images first seen on or after this ISO date/time")
+    search.add_argument("--until", metavar="DATE", help="only images first seen on or before this ISO date/time")
+    search.add_argument("--min-width", type=int, metavar="PX", help="only images at least this wide")
+    search.add_argument("--min-height", type=int, metavar="PX", help="only images at least this tall")
+    search.add_argument("--format", action="append", metavar="FORMAT",
+                        help="only images in this format: jpeg, png, gif, webp, … (repeat for several)")
+    search.add_argument("--min-score", type=float, metavar="S",
+                        help="only results scoring at least S (cosine for semantic results; near duplicates "
+                             "score (64 - bits) / 64, exact copies 1)")
+    search.add_argument("--sort", choices=["score", "first_seen"], default="score",
+                        help="order of the results: best first (default), or oldest first_seen first")
     search.add_argument("--json", action="store_true", help="print {query, took_ms, results} as JSON")
     search.add_argument("--allow-private", action="store_true",
                         help="allow image URLs on loopback and private networks")

@@ -52,16 +52,20 @@ def edited_copy(data: bytes) -> bytes:
 
 
 def drop_outdated_demo_index(settings) -> None:
-    """The demo's own index, made by an older version, is made again rather than upgraded: it is a sample."""
+    """The demo's own index, made by an older version or with other models, is made again: it is a sample."""
     from index_setup.client import es_client
-    from index_setup.indices import delete_indices, schema_versions
+    from index_setup.indices import delete_indices, schema_versions, stored_model
     from index_setup.mappings import SCHEMA_VERSION
 
     client = es_client(settings)
     try:
+        model = stored_model(client, DEMO_INDEX)
         if any(v < SCHEMA_VERSION for v in schema_versions(client, DEMO_INDEX).values()):
             delete_indices(client, DEMO_INDEX)
             print(f"Removed the demo index {DEMO_INDEX} made by an older version; it is made again.")
+        elif model and model != settings.get("IMGSEARCH_IMAGE_MODEL"):
+            delete_indices(client, DEMO_INDEX)
+            print(f"Removed the demo index {DEMO_INDEX} made with the model {model}; it is made again.")
     finally:
         client.close()
 
@@ -105,15 +109,15 @@ def run_demo(args: Any) -> int:
         query_image = edited_copy(routes[original_path].body)
     searcher = Searcher(settings)
     try:
-        args.k = 5
-        from cli import run_query
+        from cli import build_parser, run_query
 
-        args.image, args.text, args.allow_private = query_image, None, False
-        args.num_candidates, args.domain = 100, None
-        image_response = run_query(searcher, args)
+        # The same defaults and the same error handling as `imgsearch search`.
+        query = build_parser().parse_args(["search", "--text", DEMO_TEXT, "--k", "5",
+                                           "--index", settings.get("IMGSEARCH_INDEX")])
+        text_response = run_query(searcher, query)
+        query.image, query.text = query_image, None
+        image_response = run_query(searcher, query)
         image_response["query"]["source"] = f"a 50 % JPEG-q60 copy of {original_path}"
-        args.image, args.text = None, DEMO_TEXT
-        text_response = run_query(searcher, args)
     finally:
         searcher.close()
     note = STANDIN_NOTE if standins else None
@@ -122,8 +126,8 @@ def run_demo(args: Any) -> int:
     print()
     print(results_table(text_response, note=note))
     print()
-    print(f"Elasticsearch: {es_url}, indices {settings.get('IMGSEARCH_INDEX')} and "
-          f"{settings.get('IMGSEARCH_INDEX')}-sources")
+    print(f"Elasticsearch: {es_url}, indices {settings.get('IMGSEARCH_INDEX')}, "
+          f"{settings.get('IMGSEARCH_INDEX')}-sources and {settings.get('IMGSEARCH_INDEX')}-urls")
     print(f"Original images: {settings.get('FILES_STORE')}")
     print(f"Models: {settings.get('IMGSEARCH_IMAGE_MODEL')} (images), {settings.get('IMGSEARCH_TEXT_MODEL')} (text)")
     env = "".join(f"{name}={value} " for name, value in overrides.items())

@@ -34,6 +34,25 @@ class IndexMissing(Exception):
     """The indices have not been created."""
 
 
+class ModelMismatch(IndexConflict):
+    """The index holds vectors of another model than the one configured."""
+
+
+def model_mismatch_message(alias: str, stored: str, configured: str) -> str:
+    return (f"index {alias} holds vectors of the image model {stored}, but IMGSEARCH_IMAGE_MODEL is {configured}: "
+            f"vectors of two models cannot be compared. Use IMGSEARCH_IMAGE_MODEL={stored}, another index "
+            f"(--index), or re-embed this one: `imgsearch reembed --model {configured} --index {alias}`")
+
+
+def stored_model(client: Elasticsearch, alias: str) -> str | None:
+    """The image model recorded in the image index's _meta (None: no index, or none recorded)."""
+    for body in (_existing_mappings(client, alias) or {}).values():
+        model = body.get("mappings", {}).get("_meta", {}).get("model")
+        if model:
+            return str(model)
+    return None
+
+
 class IndexOutdated(IndexConflict):
     """The indices were made by an older schema: `imgsearch index upgrade` copies them into the current one."""
 
@@ -102,6 +121,9 @@ def ensure_indices(client: Elasticsearch, alias: str, *, dims: int = DEFAULT_DIM
     versions = schema_versions(client, alias)
     if any(v < SCHEMA_VERSION for v in versions.values()):
         raise IndexOutdated(outdated_message(alias, versions))
+    stored = stored_model(client, names.images)
+    if model and stored and stored != model:
+        raise ModelMismatch(model_mismatch_message(alias, stored, model))
     problems = [p for name, mapping in expected for p in check_index(client, name, mapping)]
     if problems:
         raise IndexConflict(

@@ -21,15 +21,16 @@ import elasticsearch
 
 from crawler.config import load_settings
 from index_setup.client import ClusterError, describe_error, es_client
-from index_setup.indices import IndexMissing
+from index_setup.indices import IndexMissing, ModelMismatch, model_mismatch_message
 from index_setup.mappings import sources_alias
 from pipelines import imaging, phash
 from pipelines.embedding import Embedder
 from query.builders import (
     RESULT_FIELDS,
+    SORTS,
+    Filters,
     all_sources_request,
     cosine_from_score,
-    domain_filter,
     exact_query,
     knn_query,
     near_query,
@@ -53,19 +54,26 @@ class Searcher:
         self.oversample = self.settings.getfloat("IMGSEARCH_QUERY_OVERSAMPLE")
         self.near_bits = self.settings.getint("IMGSEARCH_QUERY_NEAR_BITS")
         self._has_hashes: dict[str, bool] = {}
+        self._models: dict[str, str | None] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
     def search_image(self, source: Any, k: int = 10, num_candidates: int = 100, domain: str | None = None,
-                     index: str | None = None, *, allow_private: bool = False) -> dict[str, Any]:
+                     index: str | None = None, *, allow_private: bool = False, sort: str = "score",
+                     **filters: Any) -> dict[str, Any]:
         """Images like `source` (a path, an http(s) URL, bytes or a PIL image): the exact copy first, then
-        near duplicates (closest first), then semantic neighbours."""
+        near duplicates (closest first), then semantic neighbours.
+
+        `filters` (see query.builders.Filters): domains, since, until, min_width, min_height, formats,
+        min_score. sort="first_seen" orders what matches by age, the oldest first ("who had it first?").
+        """
+        checked = self._filters(domain, filters, sort)
         self.embedder.load_image_model()  # before the clock starts: took_ms is the query, not the model load
         started = time.perf_counter()
         loaded, query_hash = self._read_image(source, allow_private)
         vector = self.embedder.embed_images([loaded.image])[0]
         query = self._image_query(source, loaded, query_hash)
-        query.update({"k": k, "num_candidates": num_candidates, "domain": domain})
-        return self._search(vector.tolist(), query, index, k, num_candidates, domain, started,
+        query.update({"k": k, "num_candidates": num_candidates, "sort": sort, **checked.echo()})
+        return self._search(vector.tolist(), query, index, k, num_candidates, checked, sort, started,
                             sha256=loaded.sha256, hash_hex=query_hash.hex)
 
     def find_sources(self, source: Any, index: str | None = None, limit: int = MAX_SOURCES, *,
@@ -107,15 +115,17 @@ class Searcher:
         return answer
 
     def search_text(self, text: str, k: int = 10, num_candidates: int = 100, domain: str | None = None,
-                    index: str | None = None) -> dict[str, Any]:
-        """Images matching a text, in any language of the text model."""
+                    index: str | None = None, *, sort: str = "score", **filters: Any) -> dict[str, Any]:
+        """Images matching a text, in any language of the text model; `filters` and `sort` as search_image."""
         if not text or not text.strip():
             raise QueryInputError("the text query is empty")
+        checked = self._filters(domain, filters, sort)
         self.embedder.load_text_model()
         started = time.perf_counter()
         vector = self.embedder.embed_texts([text])[0]
-        query = {"type": "text", "text": text, "k": k, "num_candidates": num_candidates, "domain": domain}
-        return self._search(vector.tolist(), query, index, k, num_candidates, domain, started)
+        query = {"type": "text", "text": text, "k": k, "num_candidates": num_candidates, "sort": sort,
+                 **checked.echo()}
+        return self._search(vector.tolist(), query, index, k, num_candidates, checked, sort, started)
 
     def image_sources(self, image_ids: list[str], index: str | None = None,
                       per_image: int = SOURCES_PER_RESULT) -> dict[str, tuple[list[dict[str, Any]], int]]:
@@ -136,6 +146,17 @@ class Searcher:
     # -- private -----------------------------------------------------------------------------------------------
     def _alias(self, index: str | None) -> str:
         return index or self.settings.get("IMGSEARCH_INDEX")
+
+    @staticmethod
+    def _filters(domain: str | None, filters: dict[str, Any], sort: str) -> Filters:
+        if sort not in SORTS:
+            raise QueryInputError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        try:
+            return Filters.build(domain=domain, **filters)
+        except TypeError as exc:  # an unknown keyword
+            raise QueryInputError(f"unknown filter: {exc}") from None
+        except ValueError as exc:
+            raise QueryInputError(str(exc)) from None
 
     def _read_image(self, source: Any, allow_private: bool) -> tuple[imaging.LoadedImage, phash.PerceptualHash]:
         data = read_source(source, allow_private=allow_private,
@@ -158,12 +179,18 @@ class Searcher:
             query["source"] = source
         return query
 
-    def _notes(self, alias: str) -> list[str]:
-        """Why a channel is left out: an index made before perceptual hashes has no near-duplicate channel."""
+    def _notes(self, alias: str, *, vectors: bool = False) -> list[str]:
+        """Why a channel is left out: an index made before perceptual hashes has no near-duplicate channel.
+        With `vectors`, first refuse an index whose vectors come from another model than ours."""
         if alias not in self._has_hashes:
             mappings = self._call(self.client.indices.get_mapping, index=alias).body
             self._has_hashes[alias] = all("phash_crops" in body.get("mappings", {}).get("properties", {})
                                           for body in mappings.values())
+            models = {body.get("mappings", {}).get("_meta", {}).get("model") for body in mappings.values()}
+            self._models[alias] = next((m for m in models if m), None)
+        stored = self._models[alias]
+        if vectors and stored and stored != self.embedder.image_model_name:
+            raise ModelMismatch(model_mismatch_message(alias, stored, self.embedder.image_model_name))
         if self._has_hashes[alias]:
             return []
         return [f"index {alias} predates perceptual hashes: no near-duplicate matches until `imgsearch index "
@@ -208,25 +235,32 @@ class Searcher:
             raise ClusterError(describe_error(exc, self.settings)) from exc
 
     def _search(self, vector: list[float], query: dict[str, Any], index: str | None, k: int, num_candidates: int,
-                domain: str | None, started: float, *, sha256: str | None = None,
+                filters: Filters, sort: str, started: float, *, sha256: str | None = None,
                 hash_hex: str | None = None) -> dict[str, Any]:
         alias = self._alias(index)
-        filter = domain_filter(domain)
+        filter = filters.clause()
         channels: list[tuple[str, dict[str, Any]]] = []
-        notes: list[str] = []
         if sha256 is not None:
             channels.append(("exact", {"query": exact_query(sha256, filter), "size": 1}))
-        if hash_hex is not None:
-            notes = self._notes(alias)
-            if not notes:
-                channels.append(("near", {"knn": near_query(hash_hex, k, self.near_bits, filter), "size": k}))
-        channels.append(("semantic", {"knn": knn_query(vector, k, num_candidates, filter, self.oversample),
-                                      "size": k}))
+        near_bits = self.near_bits
+        if filters.min_score is not None:  # a near duplicate scores (64 - bits) / 64
+            near_bits = min(near_bits, int(phash.HASH_BITS * (1.0 - filters.min_score)))
+        notes = self._notes(alias, vectors=True)
+        if hash_hex is None:
+            notes = []  # a text query has no near-duplicate channel to miss
+        elif near_bits >= 0 and not notes:
+            channels.append(("near", {"knn": near_query(hash_hex, k, near_bits, filter), "size": k}))
+        channels.append(("semantic", {"knn": knn_query(vector, k, num_candidates, filter, self.oversample,
+                                                       filters.min_score), "size": k}))
         searches = [{**body, "fields": RESULT_FIELDS, "_source": False} for _, body in channels]
         results: list[dict[str, Any]] = []
         for (match, _), response in zip(channels, self._msearch(alias, searches), strict=True):
             results += [self._result(hit, match) for hit in response["hits"]["hits"]]
         results = _unique(results)[:k]
+        if filters.min_score is not None:  # the rescored cosine can fall just under the threshold kNN applied
+            results = [r for r in results if r["score"] >= filters.min_score]
+        if sort == "first_seen":
+            results.sort(key=lambda r: r.get("first_seen") or "")
         sources = self.image_sources([r["image_id"] for r in results], index)
         for result in results:
             result["sources"], result["sources_total"] = sources.get(result["image_id"], ([], 0))
@@ -313,9 +347,11 @@ def default_searcher() -> Searcher:
 
 
 def search_image(source: Any, k: int = 10, num_candidates: int = 100, domain: str | None = None,
-                 index: str | None = None, *, allow_private: bool = False) -> dict[str, Any]:
+                 index: str | None = None, *, allow_private: bool = False, sort: str = "score",
+                 **filters: Any) -> dict[str, Any]:
     """Images like `source` (a path, an http(s) URL, bytes or a PIL image); see Searcher.search_image."""
-    return default_searcher().search_image(source, k, num_candidates, domain, index, allow_private=allow_private)
+    return default_searcher().search_image(source, k, num_candidates, domain, index, allow_private=allow_private,
+                                           sort=sort, **filters)
 
 
 def find_sources(source: Any, index: str | None = None, limit: int = MAX_SOURCES, *,
@@ -325,6 +361,6 @@ def find_sources(source: Any, index: str | None = None, limit: int = MAX_SOURCES
 
 
 def search_text(text: str, k: int = 10, num_candidates: int = 100, domain: str | None = None,
-                index: str | None = None) -> dict[str, Any]:
+                index: str | None = None, *, sort: str = "score", **filters: Any) -> dict[str, Any]:
     """Images matching `text`; see Searcher.search_text."""
-    return default_searcher().search_text(text, k, num_candidates, domain, index)
+    return default_searcher().search_text(text, k, num_candidates, domain, index, sort=sort, **filters)

@@ -232,7 +232,8 @@ def test_demo_runs_to_the_end_with_stand_in_models(es_settings, tmp_path):
            "IMGSEARCH_TEXT_MODEL": "sentence-transformers/clip-ViT-B-32-multilingual-v1",
            "HF_HUB_OFFLINE": "1", "FILES_STORE": str(tmp_path / "store"),
            "IMGSEARCH_INDEX_DEAD_LETTER_DIR": str(tmp_path / "dead")}
-    result = subprocess.run([sys.executable, "-m", "cli", "demo", "--index", "test-demo"], capture_output=True,
+    alias = f"test-demo-{os.getpid()}"
+    result = subprocess.run([sys.executable, "-m", "cli", "demo", "--index", alias], capture_output=True,
                             text=True, timeout=600, env={**os.environ, **env})
     try:
         assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -244,4 +245,64 @@ def test_demo_runs_to_the_end_with_stand_in_models(es_settings, tmp_path):
         assert "seen on Gallery" in out
         assert "no match" not in out
     finally:
-        cli({}, "index", "delete", "--index", "test-demo", "--yes")
+        cli({}, "index", "delete", "--index", alias, "--yes")
+
+
+def test_filters_are_prefilters_that_return_k_when_enough_match(searcher, index_alias):
+    wide = searcher.search_text("a photo", k=5, index=index_alias, domains=["127.0.0.1"], min_width=400)
+    assert len(wide["results"]) == 5
+    assert all(r["width"] >= 400 and "127.0.0.1" in r["domains"] for r in wide["results"])
+    # 6 images per site are at least 400 px wide: asking for 10 gives those 6, no more, no other.
+    assert len(searcher.search_text("a photo", k=10, index=index_alias, domains="127.0.0.1",
+                                    min_width=400)["results"]) == 6
+    both = searcher.search_text("a photo", k=24, index=index_alias, domains=["127.0.0.1", "localhost"],
+                                formats=["jpg"], min_height=300)
+    assert len(both["results"]) == 24
+    assert searcher.search_text("a photo", k=5, index=index_alias, formats=["png"])["results"] == []
+    assert searcher.search_text("a photo", k=5, index=index_alias, since="2999-01-01")["results"] == []
+    assert searcher.search_text("a photo", k=5, index=index_alias, until="2000-01-01")["results"] == []
+    assert len(searcher.search_text("a photo", k=5, index=index_alias, since="2000-01-01",
+                                    until="2999-12-31")["results"]) == 5
+    assert wide["query"]["domains"] == ["127.0.0.1"] and wide["query"]["min_width"] == 400
+
+
+def test_min_score_is_a_threshold_and_first_seen_sorts_by_age(searcher, indexed, index_alias):
+    original = indexed["first"].routes["/photos/p102.jpg"].body
+    strict = searcher.search_image(original, k=10, index=index_alias, min_score=0.999)
+    assert strict["results"][0]["match"] == "exact"
+    assert all(r["score"] >= 0.999 for r in strict["results"])
+    loose = searcher.search_image(original, k=10, index=index_alias)
+    assert len(strict["results"]) < len(loose["results"]) == 10
+    oldest_first = searcher.search_text("a photo", k=24, index=index_alias, sort="first_seen")
+    seen = [r["first_seen"] for r in oldest_first["results"]]
+    assert seen == sorted(seen) and len(seen) == 24
+    assert "127.0.0.1" in oldest_first["results"][0]["domains"], "the first site was crawled first"
+
+
+def test_filter_flags_and_their_errors_on_the_command_line(indexed, index_alias):
+    ok = cli(indexed["env"], "search", "--text", "x", "--k", "3", "--index", index_alias, "--domain", "localhost",
+             "--format", "jpeg", "--min-width", "380", "--since", "2020-01-01", "--sort", "first_seen", "--json")
+    assert ok.returncode == 0, ok.stderr
+    body = json.loads(ok.stdout)
+    assert body["query"]["domains"] == ["localhost"] and body["query"]["sort"] == "first_seen"
+    assert len(body["results"]) == 3
+    assert all(r["width"] >= 380 and r["domains"] == ["localhost"] for r in body["results"])
+    bad = cli(indexed["env"], "search", "--text", "x", "--index", index_alias, "--since", "last tuesday")
+    assert bad.returncode == 2 and "since must be an ISO date" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_another_model_is_refused_for_queries_and_crawls(indexed, index_alias, standin_models, tmp_path):
+    import shutil
+
+    other = tmp_path / "another-model"
+    shutil.copytree(standin_models[0], other)
+    env = {**indexed["env"], "IMGSEARCH_IMAGE_MODEL": str(other)}
+    query = tmp_path / "q.jpg"
+    query.write_bytes(indexed["first"].routes["/photos/p101.jpg"].body)
+    refused = cli(env, "search", "--image", str(query), "--index", index_alias)
+    assert refused.returncode == 2
+    assert str(standin_models[0]) in refused.stderr and str(other) in refused.stderr
+    assert "imgsearch reembed" in refused.stderr
+    crawl = subprocess.run([sys.executable, "-m", "cli", "crawl", indexed["first"].url + "/"], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, **env, "IMGSEARCH_INDEX": index_alias})
+    assert crawl.returncode == 2 and "vectors of two models cannot be compared" in crawl.stderr
