@@ -185,6 +185,46 @@ def page_title(response: TextResponse) -> str:
     return ""
 
 
+# Directives by which a site asks not to have its images indexed or used for AI (X-Robots-Tag, robots meta).
+NO_IMAGE_INDEX = frozenset({"noai", "noimageai", "noimageindex"})
+BOT_NAME = "imgsearch"
+
+
+def robots_directives(values: Iterable[str], bot: str = BOT_NAME) -> set[str]:
+    """The directives in X-Robots-Tag header values or robots meta contents that apply to `bot`: those with no
+    user-agent prefix, and those prefixed with `bot:` ("googlebot: noindex" applies to googlebot only)."""
+    found: set[str] = set()
+    for value in values:
+        prefix, colon, rest = value.partition(":")
+        agent = prefix.strip().lower()
+        if colon and agent and " " not in agent and "," not in agent and agent not in NO_IMAGE_INDEX:
+            if agent != bot:
+                continue
+            value = rest
+        found.update(d.strip().lower() for d in value.split(",") if d.strip())
+    return found
+
+
+def blocking_directive(values: Iterable[str], bot: str = BOT_NAME) -> str | None:
+    """The first of noai / noimageai / noimageindex among the directives for `bot`, or None."""
+    found = robots_directives(values, bot)
+    return next((d for d in sorted(NO_IMAGE_INDEX) if d in found), None)
+
+
+def page_directive_values(response: TextResponse) -> list[str]:
+    """X-Robots-Tag headers and the contents of <meta name="robots"> / <meta name="imgsearch">."""
+    values = [v.decode("latin-1") for v in response.headers.getlist(b"X-Robots-Tag")]
+    root = _root(response)
+    if root is not None:
+        for meta in _META(root):
+            name = (meta.get("name") or "").strip().lower()
+            if name == "robots":
+                values.append(meta.get("content") or "")
+            elif name == BOT_NAME:
+                values.append(f"{BOT_NAME}: {meta.get('content') or ''}")
+    return values
+
+
 def absolute_image_url(raw: str, base: str, encoding: str = "utf-8") -> str | None:
     """Resolve an attribute's URL against `base` the way a browser would, or None when it is not http(s).
 

@@ -15,6 +15,7 @@ class ImageItem(scrapy.Item):
     image_id = scrapy.Field()  # SHA-256 of the image bytes, also the image document id
     image_name = scrapy.Field()  # file name from the URL path
     relative_path = scrapy.Field()  # where the original bytes are kept, inside FILES_STORE
+    thumbnail_path = scrapy.Field()  # a JPEG thumbnail (longest side THUMBNAIL_SIDE), inside FILES_STORE
     width = scrapy.Field()
     height = scrapy.Field()
     format = scrapy.Field()  # Pillow format name, lower case: jpeg, png, gif, webp, bmp, tiff

@@ -26,6 +26,7 @@ class Route:
     status: int = 200
     headers: dict[str, str] | None = None  # an ETag or Last-Modified here is honoured in conditional requests
     delay: float = 0.0  # seconds before answering (a slow site)
+    then: Route | None = None  # served once, then replaced by `then` (e.g. a 429, then the page)
 
 
 class SiteServer:
@@ -35,6 +36,7 @@ class SiteServer:
         self.routes: dict[str, Route] = dict(routes or {})
         self.requests: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()  # 304 answers per path
+        self.times: dict[str, list[float]] = {}  # path -> time.monotonic() of each request
         self._lock = threading.Lock()
         server = self
 
@@ -45,7 +47,11 @@ class SiteServer:
                 path = self.path.split("#", 1)[0]
                 with server._lock:
                     server.requests[path] = server.requests[path] + 1
-                route = server.routes.get(path) or server.routes.get(path.split("?", 1)[0])
+                    server.times.setdefault(path, []).append(time.monotonic())
+                    key = path if path in server.routes else path.split("?", 1)[0]
+                    route = server.routes.get(key)
+                    if route is not None and route.then is not None:
+                        server.routes[key] = route.then
                 if route is None:
                     route = Route(b"<html><body>not found</body></html>", status=404)
                 if route.delay:

@@ -49,6 +49,10 @@ SCHEDULER = "crawler.jobstate.JournalScheduler"
 SPIDER_MIDDLEWARES = {
     "crawler.jobstate.PageTracker": 10,
 }
+# Before Scrapy's RetryMiddleware (550) sees a 429 or 503: wait out its Retry-After.
+DOWNLOADER_MIDDLEWARES = {
+    "crawler.middlewares.RetryAfterMiddleware": 560,
+}
 # One response's worth of items at a time keeps memory bounded: each item may hold a decoded image.
 CONCURRENT_ITEMS = 64
 FEED_EXPORT_ENCODING = "utf-8"
@@ -92,6 +96,12 @@ IMGSEARCH_FETCH_MIN_WIDTH = 32
 IMGSEARCH_FETCH_MIN_HEIGHT = 32
 # Recently fetched image URLs remembered in memory, so an image shown on many pages is downloaded once.
 IMGSEARCH_FETCH_SEEN_URLS = 100_000
+# Pages and images marked noai, noimageai or noimageindex (X-Robots-Tag, robots meta) are not indexed, except
+# on these domains (comma-separated, subdomains included): an owner indexing their own site.
+IMGSEARCH_NOAI_EXEMPT_DOMAINS = ""
+# A 429 or 503 answer's Retry-After (seconds or a date) is waited out, up to this many seconds, and the site's
+# download delay raised to it, before Scrapy's retry.
+IMGSEARCH_RETRY_AFTER_MAX = 300
 # A re-crawl does not download an indexed image URL fetched (or confirmed unchanged) less than this many days
 # ago; an older one is asked for with its ETag / Last-Modified. 0: always ask.
 IMGSEARCH_REFRESH_DAYS = 30

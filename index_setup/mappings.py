@@ -57,6 +57,7 @@ def image_mapping(dims: int = DEFAULT_DIMS, model: str | None = None) -> dict[st
             "image_id": _KEYWORD,
             "image_name": _KEYWORD,
             "relative_path": _KEYWORD,
+            "thumbnail_path": _KEYWORD,  # a small JPEG beside the untouched original, for result pages
             "image_url": _KEYWORD,
             "sha256": _KEYWORD,
             "width": {"type": "integer"},
@@ -82,6 +83,16 @@ def image_mapping(dims: int = DEFAULT_DIMS, model: str | None = None) -> dict[st
     }
 
 
+# Added to the sources mapping (below); `imgsearch check-sources` also adds them to a sources index made before.
+SOURCE_STATUS_FIELDS: dict[str, Any] = {
+    "checked": _DATE,
+    "gone_since": _DATE,
+    "gone_reason": _KEYWORD,
+    "page_etag": {"type": "keyword", "index": False},
+    "page_last_modified": {"type": "keyword", "index": False},
+}
+
+
 def sources_mapping() -> dict[str, Any]:
     return {
         "dynamic": "strict",
@@ -95,6 +106,10 @@ def sources_mapping() -> dict[str, Any]:
             "domain": _KEYWORD,
             "first_seen": _DATE,
             "last_seen": _DATE,
+            # Dead links (`imgsearch check-sources`): when the page was last re-checked; since when it has been
+            # gone (404/410, or no longer showing the image; absent while it shows it) and why; the page's HTTP
+            # validators at that check, for the next check's conditional request. Gone sources are kept.
+            **SOURCE_STATUS_FIELDS,
         },
     }
 

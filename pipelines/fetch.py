@@ -26,12 +26,15 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from PIL import Image
 from scrapy import Request, signals
 from scrapy.exceptions import DropItem, IgnoreRequest
 from scrapy.pipelines.files import FilesPipeline, FSFilesStore
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer
 
+from crawler.extract import NO_IMAGE_INDEX, blocking_directive
+from crawler.spiders import noai_exempt
 from pipelines import imaging, phash
 from pipelines.batching import Batcher
 from pipelines.indexing import url_id
@@ -45,8 +48,9 @@ logger = logging.getLogger(__name__)
 # Reasons for images we decide not to index; every other reason is a failure.
 SKIP_REASONS = frozenset({imaging.TOO_SMALL, imaging.SVG, imaging.NOT_IMAGE, imaging.TOO_LARGE,
                           imaging.TOO_MANY_PIXELS, imaging.UNSUPPORTED_FORMAT, "robots_disallowed",
-                          "same_url_rejected"})
+                          "same_url_rejected", *NO_IMAGE_INDEX})
 EXTENSIONS = {"jpeg": "jpg", "tiff": "tif"}
+THUMBNAIL_SIDE = 256
 
 
 class FetchRejected(Exception):
@@ -63,6 +67,7 @@ class FetchedImage:
     image_id: str
     image_name: str
     relative_path: str
+    thumbnail_path: str | None
     width: int
     height: int
     format: str
@@ -106,7 +111,7 @@ async def known_urls(client: Any, images_index: str, urls_index: str, urls: list
         return {}
     ids = sorted({doc["image_id"] for doc in found.values()})
     images = await client.mget(index=images_index, ids=ids,
-                               source=["relative_path", "width", "height", "format", "bytes"])
+                               source=["relative_path", "thumbnail_path", "width", "height", "format", "bytes"])
     stored = {doc["_id"]: doc["_source"] for doc in images["docs"] if doc.get("found")}
     known = {}
     for url, doc in found.items():
@@ -115,7 +120,8 @@ async def known_urls(client: Any, images_index: str, urls_index: str, urls: list
             continue  # the image document is gone (index deleted or restored from elsewhere): fetch again
         known[url] = KnownURL(
             image=FetchedImage(image_id=doc["image_id"], image_name=image_name(url, doc["image_id"][:16]),
-                               relative_path=image["relative_path"], width=image["width"],
+                               relative_path=image["relative_path"],
+                               thumbnail_path=image.get("thumbnail_path"), width=image["width"],
                                height=image["height"], format=image["format"], bytes=image["bytes"]),
             fetched=parse_time(doc["fetched"]), etag=doc.get("etag"), last_modified=doc.get("last_modified"))
     return known
@@ -134,6 +140,20 @@ def image_name(url: str, fallback: str) -> str:
 def relative_path_for(sha256: str, fmt: str) -> str:
     """Content-addressed path in the store: the same bytes are kept once, whatever their URLs."""
     return f"full/{sha256[:2]}/{sha256}.{EXTENSIONS.get(fmt, fmt)}"
+
+
+def thumbnail_path_for(sha256: str) -> str:
+    return f"thumbs/{sha256[:2]}/{sha256}.jpg"
+
+
+def thumbnail(image: Image.Image) -> bytes:
+    """A small JPEG for result pages: browsers show it whatever the original's format (HEIC, TIFF, …), and the
+    original stays byte for byte as it was downloaded."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    buffer = BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def download_failure_reason(exc: BaseException) -> str:
@@ -295,13 +315,18 @@ class FetchPipeline:
         response = await self._download(url, headers, expect_304=bool(known and known.conditional_headers()))
         if response.status == 304:
             return None
+        directive = blocking_directive(v.decode("latin-1") for v in response.headers.getlist(b"X-Robots-Tag"))
+        if directive and not (noai_exempt(self.crawler.settings, url)
+                              or (page_url and noai_exempt(self.crawler.settings, page_url))):
+            raise FetchRejected(directive, "X-Robots-Tag")
         self.stats.inc_value("imgsearch/fetch/downloaded")
         self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
         try:
-            loaded, hashes = await asyncio.to_thread(self._decode_and_hash, response.body)
+            loaded, hashes, thumb = await asyncio.to_thread(self._decode_and_hash, response.body)
         except imaging.ImageRejected as exc:
             raise FetchRejected(exc.reason, exc.detail) from exc
         await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
+        await self._persist(thumbnail_path_for(loaded.sha256), thumb)
         item.update(phash.document_fields(hashes))
         item["http_etag"] = _header(response, b"ETag")
         item["http_last_modified"] = _header(response, b"Last-Modified")
@@ -310,6 +335,7 @@ class FetchPipeline:
             image_id=loaded.sha256,
             image_name=image_name(url, f"{loaded.sha256[:16]}.{loaded.format}"),
             relative_path=relative_path_for(loaded.sha256, loaded.format),
+            thumbnail_path=thumbnail_path_for(loaded.sha256),
             width=loaded.width, height=loaded.height, format=loaded.format, bytes=loaded.bytes,
         )
         fetched.fill(item)
@@ -332,10 +358,10 @@ class FetchPipeline:
             raise FetchRejected(f"http_{response.status}")
         return response
 
-    def _decode_and_hash(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash]]:
+    def _decode_and_hash(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash], bytes]:
         loaded = imaging.load_image(body, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
                                     min_width=self.min_width, min_height=self.min_height)
-        return loaded, phash.image_hashes(loaded.image)
+        return loaded, phash.image_hashes(loaded.image), thumbnail(loaded.image)
 
     async def _persist(self, path: str, body: bytes) -> None:
         try:

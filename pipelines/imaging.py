@@ -24,6 +24,7 @@ import numpy as np
 # Importing the plugins registers their openers now, so Image.open never has to fall back to Image.init(),
 # which would import every plugin (EPS and its Ghostscript call included) from whatever thread got there first.
 from PIL import (  # noqa: F401
+    AvifImagePlugin,
     BmpImagePlugin,
     GifImagePlugin,
     Image,
@@ -33,6 +34,10 @@ from PIL import (  # noqa: F401
     TiffImagePlugin,
     WebPImagePlugin,
 )
+from pillow_heif import register_heif_opener
+
+# HEIC/HEIF through pillow-heif's opener, registered under Pillow's format name "HEIF" (AVIF is Pillow's own).
+register_heif_opener()
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ UNSUPPORTED_FORMAT = "unsupported_format"
 REASONS = (EMPTY, NOT_IMAGE, SVG, TOO_LARGE, TOO_MANY_PIXELS, TOO_SMALL, DECODE_ERROR, UNSUPPORTED_FORMAT)
 
 # Sniffed name -> the only Pillow opener allowed to look at the bytes. A sniffed name missing here is an image
-# format we recognise but refuse (svg, avif, heic, ico, psd, eps, jxl, jp2): it never reaches Pillow.
+# format we recognise but refuse (svg, ico, psd, eps, jxl, jp2): it never reaches Pillow.
 _PILLOW_FORMATS = {
     "jpeg": "JPEG",  # Pillow's JPEG opener also returns MPO (multi-picture JPEG from cameras)
     "png": "PNG",
@@ -56,6 +61,8 @@ _PILLOW_FORMATS = {
     "webp": "WEBP",
     "bmp": "BMP",
     "tiff": "TIFF",
+    "avif": "AVIF",
+    "heic": "HEIF",
 }
 # Pillow's format name -> ours.
 _FORMAT_NAMES = {
@@ -66,6 +73,8 @@ _FORMAT_NAMES = {
     "WEBP": "webp",
     "BMP": "bmp",
     "TIFF": "tiff",
+    "AVIF": "avif",
+    "HEIF": "heic",
 }
 
 # Enough for an SVG's XML declaration, a generator comment and a DOCTYPE before the root element.

@@ -65,6 +65,7 @@ def image_document(item: Any, now: str, domains: list[str]) -> dict[str, Any]:
         "image_embedding": item["image_embedding"],
         "image_name": item["image_name"],
         "relative_path": item["relative_path"],
+        "thumbnail_path": item.get("thumbnail_path"),
         "image_url": item["image_url"],
         "width": item["width"],
         "height": item["height"],

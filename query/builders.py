@@ -82,7 +82,7 @@ class Filters:
 
 def _format_name(name: str) -> str:
     name = name.strip().lower().lstrip(".")
-    return {"jpg": "jpeg", "tif": "tiff", "heic": "heif"}.get(name, name)
+    return {"jpg": "jpeg", "tif": "tiff", "heif": "heic"}.get(name, name)
 
 
 def _date(value: str | dt.date | None, name: str) -> str | None:

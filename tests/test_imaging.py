@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, JpegImagePlugin, features
+from PIL import Image, ImageFile, JpegImagePlugin
 
 from pipelines import imaging
 from pipelines.imaging import (
@@ -564,23 +564,20 @@ def test_svg(name: str) -> None:
     assert rejected(data).reason == SVG
 
 
-def test_avif_signature_is_unsupported() -> None:
-    data = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64)
-    assert sniff_format(data) == "avif"
-    assert rejected(data).reason == UNSUPPORTED_FORMAT
+def test_truncated_avif_and_heic_are_decode_errors() -> None:
+    """Only an ftyp box: recognised, handed to the decoder, refused with a reason."""
+    avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64)
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    assert (sniff_format(avif), sniff_format(heic)) == ("avif", "heic")
+    assert rejected(avif).reason == rejected(heic).reason == DECODE_ERROR
 
 
-@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
-def test_real_avif_is_unsupported() -> None:
-    data = encode(Image.new("RGB", (64, 64), RED), "AVIF")
-    assert sniff_format(data) == "avif"
-    assert rejected(data).reason == UNSUPPORTED_FORMAT
-
-
-def test_heic_signature_is_unsupported() -> None:
-    data = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
-    assert sniff_format(data) == "heic"
-    assert rejected(data).reason == UNSUPPORTED_FORMAT
+@pytest.mark.parametrize(("pillow_format", "name"), [("AVIF", "avif"), ("HEIF", "heic")])
+def test_avif_and_heic_decode(pillow_format: str, name: str) -> None:
+    data = encode(Image.new("RGBA", (96, 64), (200, 30, 30, 128)), pillow_format)
+    assert sniff_format(data) == name
+    loaded = load_image(data)
+    assert (loaded.format, loaded.width, loaded.height, loaded.image.mode) == (name, 96, 64, "RGB")
 
 
 def _eps() -> bytes:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
-from crawler.extract import extract_images, page_title
+from crawler.extract import blocking_directive, extract_images, page_directive_values, page_title
 from crawler.items import ImageItem
 from crawler.jobstate import KEY, page_done
 
@@ -23,6 +24,14 @@ def image_items(response: Response) -> Iterator[ImageItem]:
     for found in extract_images(response):
         yield ImageItem(page_url=response.url, page_title=title, alt_text=found.alt_text,
                         image_url=found.image_url)
+
+
+def noai_exempt(settings: Any, url: str) -> bool:
+    """Whether noai / noimageai / noimageindex are to be ignored for this URL's site (an owner indexing their own
+    site: IMGSEARCH_NOAI_EXEMPT_DOMAINS)."""
+    host = (urlsplit(url).hostname or "").lower()
+    exempt = split_arg(settings.get("IMGSEARCH_NOAI_EXEMPT_DOMAINS"))
+    return any(host == d.lower() or host.endswith("." + d.lower()) for d in exempt)
 
 
 def split_arg(value: Any) -> list[str]:
@@ -57,5 +66,11 @@ class ImageSpider(scrapy.Spider):
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").lower()
         if not isinstance(response, TextResponse) or content_type.startswith("image/"):
             yield ImageItem(page_url=response.url, page_title="", alt_text="", image_url=response.url)
+            return
+        directive = blocking_directive(page_directive_values(response))
+        if directive and not noai_exempt(self.settings, response.url):
+            # The site asks that this page's images not be indexed; its links are still followed.
+            self.crawler.stats.inc_value(f"imgsearch/find/skipped/{directive}")
+            self.logger.info("Page skipped %s (%s): its images are not indexed", directive, response.url)
             return
         yield from image_items(response)
