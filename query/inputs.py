@@ -1,7 +1,7 @@
 """What a query image can be: a file path, an http(s) URL, bytes, or a PIL image — always read as bytes.
 
 URLs are fetched with requests, with a timeout, a size cap, a content-type check and the address guard at
-every redirect hop.
+every redirect hop (and the connection made to the address it checked).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
-from query.address_guard import AddressRefused, check_url
+from query.address_guard import AddressRefused, GuardedAdapter, Resolver, system_resolver
 
 MAX_QUERY_BYTES = 20 * 1024 * 1024
 FETCH_TIMEOUT = (5.0, 15.0)
@@ -30,20 +30,26 @@ def _from_pil(image: Any) -> bytes:
 
 
 def fetch_url(url: str, *, allow_private: bool = False, max_bytes: int = MAX_QUERY_BYTES,
-              session: Any = None) -> bytes:
-    """GET an image URL, refusing internal addresses (at every hop), non-images and oversize bodies."""
+              resolver: Resolver = system_resolver, adapter: GuardedAdapter | None = None) -> bytes:
+    """GET an image URL, refusing internal addresses (at every hop), non-images and oversize bodies.
+
+    `adapter` replaces the guarded connection layer (tests: canned answers, nothing sent)."""
     import requests
 
-    http = session or requests.Session()
+    http = requests.Session()
+    http.trust_env = False  # direct connections only: see query.address_guard
+    guard = adapter or GuardedAdapter(allow_private=allow_private, resolver=resolver)
+    http.mount("http://", guard)
+    http.mount("https://", guard)
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        try:
-            check_url(current, allow_private=allow_private)
-        except (AddressRefused, ValueError) as exc:
-            raise QueryInputError(str(exc)) from exc
+        if not current.lower().startswith(("http://", "https://")):
+            raise QueryInputError(f"not an http(s) URL: {current}")
         try:
             response = http.get(current, stream=True, timeout=FETCH_TIMEOUT, allow_redirects=False,
                                 headers={"Accept": "image/*"})
+        except (AddressRefused, ValueError) as exc:
+            raise QueryInputError(str(exc)) from exc
         except requests.RequestException as exc:
             raise QueryInputError(f"cannot fetch {current}: {type(exc).__name__}") from exc
         with response:
