@@ -150,7 +150,7 @@ def thumbnail(image: Image.Image) -> bytes:
     """A small JPEG for result pages: browsers show it whatever the original's format (HEIC, TIFF, …), and the
     original stays byte for byte as it was downloaded."""
     small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BICUBIC)  # half LANCZOS's cost
     buffer = BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
