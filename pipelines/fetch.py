@@ -289,6 +289,10 @@ class FetchPipeline:
         except FetchRejected as rejection:
             future.set_result(rejection)
             raise self._drop(item, rejection) from None
+        except BaseException as exc:
+            # Never leave later occurrences of this URL waiting on a future nobody will resolve.
+            future.set_result(FetchRejected("internal_error", f"{type(exc).__name__}: {exc}"))
+            raise
         if fetched is None:  # 304 Not Modified
             self.stats.inc_value("imgsearch/fetch/not_modified")
             item["url_checked"] = True
@@ -361,7 +365,10 @@ class FetchPipeline:
     def _decode_and_hash(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash], bytes]:
         loaded = imaging.load_image(body, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
                                     min_width=self.min_width, min_height=self.min_height)
-        return loaded, phash.image_hashes(loaded.image), thumbnail(loaded.image)
+        try:
+            return loaded, phash.image_hashes(loaded.image), thumbnail(loaded.image)
+        except Exception as exc:  # a decoded image these cannot handle is a counted reason, not a crash
+            raise imaging.ImageRejected(imaging.DECODE_ERROR, f"hashing: {type(exc).__name__}: {exc}") from exc
 
     async def _persist(self, path: str, body: bytes) -> None:
         try:
