@@ -113,6 +113,9 @@ IMGSEARCH_IMAGE_MODEL = "sentence-transformers/clip-ViT-B-32"
 IMGSEARCH_TEXT_MODEL = "sentence-transformers/clip-ViT-B-32-multilingual-v1"
 # auto (CUDA when present, else CPU), cpu, or cuda[:N].
 IMGSEARCH_EMBED_DEVICE = "auto"
+# Images in the pipeline (downloaded, embedded or being indexed) at once; more wait before downloading, so a
+# slow model or Elasticsearch bounds memory instead of filling it.
+IMGSEARCH_FETCH_MAX_IN_FLIGHT = 400
 # Images per model call; a batch is sent early after IMGSEARCH_EMBED_FLUSH_SECONDS.
 IMGSEARCH_EMBED_BATCH_SIZE = 32
 IMGSEARCH_EMBED_FLUSH_SECONDS = 0.5

@@ -198,7 +198,8 @@ class FetchPipeline:
     """Fetch stage of the crawl (see the module docstring)."""
 
     def __init__(self, *, crawler: Crawler, store: Any, max_bytes: int, max_pixels: int, min_width: int,
-                 min_height: int, seen_urls: int, refresh_days: float, index: str | None) -> None:
+                 min_height: int, seen_urls: int, refresh_days: float, index: str | None,
+                 max_in_flight: int = 400) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
         self.store = store
@@ -215,6 +216,11 @@ class FetchPipeline:
         # later occurrence waits until the first one has been through the whole pipeline.
         self._recent: OrderedDict[str, asyncio.Future[FetchedImage | FetchRejected]] = OrderedDict()
         self._owners: dict[int, tuple[FetchedImage, asyncio.Future[FetchedImage | FetchRejected]]] = {}
+        # Items between here and the end of the pipeline, bounded: when embedding or Elasticsearch is slower
+        # than downloading (or stalled), new items wait here, holding no image, and Scrapy stops reading pages,
+        # instead of decoded images and vectors piling up in memory.
+        self._in_flight = asyncio.Semaphore(max(1, max_in_flight))
+        self._holding: set[int] = set()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FetchPipeline:
@@ -228,6 +234,7 @@ class FetchPipeline:
             min_width=settings.getint("IMGSEARCH_FETCH_MIN_WIDTH"),
             min_height=settings.getint("IMGSEARCH_FETCH_MIN_HEIGHT"),
             seen_urls=settings.getint("IMGSEARCH_FETCH_SEEN_URLS"),
+            max_in_flight=settings.getint("IMGSEARCH_FETCH_MAX_IN_FLIGHT"),
             refresh_days=settings.getfloat("IMGSEARCH_REFRESH_DAYS"),
             index=settings.get("IMGSEARCH_INDEX"),
         )
@@ -267,6 +274,8 @@ class FetchPipeline:
         """Fill in the image's id, size, format and stored path, and hand its decoded pixels to the next stage;
         for an image URL already indexed and fresh, fill in what the index holds and skip the download."""
         self.stats.inc_value("imgsearch/find/found")
+        await self._in_flight.acquire()
+        self._holding.add(id(item))
         url = item["image_url"]
         earlier = self._recent.get(url)
         if earlier is not None:
@@ -403,6 +412,9 @@ class FetchPipeline:
             self._recent.popitem(last=False)
 
     def _item_done(self, item: Any, **_: Any) -> None:
+        if id(item) in self._holding:
+            self._holding.discard(id(item))
+            self._in_flight.release()
         # Scraped, dropped or failed in a later stage: the image was fetched either way. A later occurrence
         # whose image document is missing then fails at indexing and is dead-lettered, not lost.
         owner = self._owners.pop(id(item), None)

@@ -190,3 +190,18 @@ def test_urls_file_crawls_listed_pages_and_direct_images(crawl_env, tmp_path, es
     assert urls_indexed == ["direct.png", "in-page.jpg", "served-as-page"]
     assert stats["imgsearch/find/failed/http_404"] == 1
     assert listed.requests["/direct.png"] == 1, "a direct image URL is downloaded once, by the fetch stage"
+
+
+def test_one_image_in_flight_at_a_time_still_crawls_everything(sites, crawl_env, es, index_alias, tmp_path):
+    """The in-flight bound (back-pressure) never deadlocks, even at 1 with one URL on several pages."""
+    site, _ = sites
+    alias = f"{index_alias}-one-at-a-time"
+    try:
+        stats = crawl({**crawl_env, "IMGSEARCH_INDEX": alias, "IMGSEARCH_FETCH_MAX_IN_FLIGHT": "1"}, tmp_path,
+                      site.url + "/", timeout=180)
+        assert stats["imgsearch/index/images_created"] == 7
+        assert stats["imgsearch/fetch/reused"] >= 1
+    finally:
+        from index_setup.indices import delete_indices
+
+        delete_indices(es, alias)
