@@ -1,6 +1,6 @@
 """Throughput of the crawl's image path, from JPEG bytes to indexed vectors: prints figures, not a test.
 
-    python bench/pipeline.py [--images 500] [--pages 10] [--naive 40] [--cache DIR]
+    python bench/pipeline.py [--images 500] [--pages 10] [--naive 40] [--cache DIR] [--device cpu|cuda[:N]]
 
 Serves N generated photo-like JPEGs (1-2 MP, quality 88) from a local site on 127.0.0.1 and measures, with the
 full-size stand-in CLIP ViT-B/32 (random weights, real compute):
@@ -10,7 +10,15 @@ full-size stand-in CLIP ViT-B/32 (random weights, real compute):
   (c) the embedding module alone: bytes -> ``imaging.load_image`` -> ``Embedder.embed_images`` in batches, with
       decoding in a thread pool overlapped with inference, as the crawl does it;
   (d) the whole crawl (``imgsearch crawl`` in a subprocess, politeness off) into a scratch index, timed from the
-      crawl's start (after the model has loaded) to its end; the index is deleted afterwards.
+      crawl's start (after the model has loaded) to its end; the index is deleted afterwards;
+  (e) with ``--device cuda`` (or ``--device-decode``): decode + embed on the device, from JPEG bytes in memory:
+      torchvision's ``decode_jpeg`` in batches (nvJPEG on a GPU), resize / crop / normalise as tensors there, the
+      vision tower in bf16; with the minimum cosine of its vectors against (c)'s for the same images.
+
+``--device`` (default cpu) runs the model on ``cuda`` / ``cuda:N`` instead, with the GPU batch size
+(IMGSEARCH_EMBED_BATCH_SIZE_GPU, or ``--batch-size``); (a)-(d) then measure the crawl's own path on that device
+(decoding on the CPU), and (e) what the device can do when it decodes too. (e) needs torchvision, which the
+project does not install: ``pip install torchvision`` (the build matching torch) on the GPU machine.
 
 Images and models are generated once into a cache folder, so reruns start at once. The machine may be shared:
 each phase also prints how much CPU other processes used meanwhile ("others"), so a disturbed figure shows.
@@ -250,27 +258,41 @@ def bench_naive(model, datas: list[bytes]) -> float:
     return (len(datas) - 1) / (time.perf_counter() - started)
 
 
-def bench_tower(model, batch_size: int, bf16: bool, *, at_once: int = 1, min_seconds: float = 8.0,
-                min_batches: int = 4) -> float:
-    """(b) img/s: the CLIP vision tower and projection on ready 224x224 tensors, batched; `at_once` threads
-    each running batches (with torch's threads as they are set)."""
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work: a GPU runs asynchronously, and a clock read before it is done lies."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: str, bf16: bool):
     import contextlib
 
     import torch
 
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def bench_tower(model, batch_size: int, bf16: bool, *, at_once: int = 1, min_seconds: float = 8.0,
+                min_batches: int = 4, device: str = "cpu") -> float:
+    """(b) img/s: the CLIP vision tower and projection on ready 224x224 tensors, batched; `at_once` threads
+    each running batches (with torch's threads as they are set)."""
+    import torch
+
     clip = model[0].auto_model
     side = clip.config.vision_config.image_size
-    pixels = torch.randn(batch_size, 3, side, side)
+    pixels = torch.randn(batch_size, 3, side, side, device=device)
 
     def run(deadline: float | None) -> int:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         done = 0
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, bf16):
             while deadline is None or done < min_batches or time.perf_counter() < deadline:
                 clip.get_image_features(pixel_values=pixels)
                 done += 1
                 if deadline is None:
                     break
+        synchronize(device)
         return done
 
     run(None)  # warm-up
@@ -279,6 +301,67 @@ def bench_tower(model, batch_size: int, bf16: bool, *, at_once: int = 1, min_sec
         done = sum(pool.map(run, [started + min_seconds] * at_once))
         elapsed = time.perf_counter() - started
     return done * batch_size / elapsed
+
+
+def device_pixels(datas: list, recipe, device: str):
+    """(n, 3, h, w) float tensor on `device` from JPEG bytes (uint8 tensors): decoded there in one batch
+    (torchvision's decode_jpeg: nvJPEG on CUDA), then resized (bicubic, antialiased), centre-cropped, rescaled and
+    normalised as `recipe` (the model's image processor, see pipelines.embedding.PixelRecipe) says; images of one
+    size are resized together."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    decoded = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+    out_h, out_w = recipe.output_size
+    pixels = torch.empty((len(decoded), 3, out_h, out_w), dtype=torch.float32, device=device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(decoded):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(i)
+    for (height, width), members in by_size.items():
+        new_w, new_h = recipe.resized_size(width, height)
+        batch = torch.stack([decoded[i] for i in members]).float()
+        resized = torch.nn.functional.interpolate(batch, size=(new_h, new_w), mode="bicubic", antialias=True,
+                                                  align_corners=False).clamp_(0, 255)
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        pixels[members] = resized[:, :, top:top + out_h, left:left + out_w]
+    if recipe.scale != 1.0:
+        pixels.mul_(recipe.scale)
+    if recipe.mean is not None and recipe.std is not None:
+        mean = torch.tensor(recipe.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(recipe.std, device=device).view(1, 3, 1, 1)
+        pixels.sub_(mean).div_(std)
+    return pixels
+
+
+def bench_device_decode(model, paths: list[Path], batch_size: int, bf16: bool, device: str,
+                        reference: np.ndarray) -> tuple[float, int, float]:
+    """(e) img/s from JPEG bytes in memory to L2-normalised vectors, decoding on `device`; returns (img/s,
+    images, minimum cosine of the vectors of the first images against `reference`, the embedding module's)."""
+    import torch
+
+    from pipelines.embedding import pixel_recipe
+
+    recipe = pixel_recipe(model)
+    if recipe is None:
+        raise SystemExit("(e) needs a CLIP-style image processor (see pipelines.embedding.pixel_recipe)")
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+
+    def embed(batch: list) -> torch.Tensor:
+        # Through the model's own modules, as the embedding module runs them on prepared pixels.
+        with torch.inference_mode(), autocast(device, bf16):
+            features = model({"pixel_values": device_pixels(batch, recipe, device), "modality": "image"})
+        features = features["sentence_embedding"].float()
+        return features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    first = embed(datas[:len(reference)]).cpu().numpy()
+    cosine = float((first * reference).sum(axis=1).min())
+    embed(datas[:batch_size])  # warm-up at this batch size
+    synchronize(device)
+    started = time.perf_counter()
+    for start in range(0, len(datas), batch_size):
+        embed(datas[start:start + batch_size])
+    synchronize(device)
+    return len(datas) / (time.perf_counter() - started), len(datas), cosine
 
 
 def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, workers: int) -> tuple[float, int]:
@@ -339,7 +422,7 @@ def decode_cost_ms(paths: list[Path], count: int = 40) -> float:
 
 
 def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratch: Path, es_pid: int | None,
-                concurrency: int, log_path: Path) -> dict:
+                concurrency: int, log_path: Path, device: str = "cpu", batch_size: int | None = None) -> dict:
     """(d) the crawl in a subprocess; returns its stats plus peak RSS and CPU use."""
     from crawler.sample_site import SiteServer
 
@@ -358,6 +441,8 @@ def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratc
         "CONCURRENT_REQUESTS": str(concurrency),
         "CONCURRENT_REQUESTS_PER_DOMAIN": str(concurrency),
         "HF_HUB_OFFLINE": "1",
+        "IMGSEARCH_EMBED_DEVICE": device,
+        **({"IMGSEARCH_EMBED_BATCH_SIZE": str(batch_size)} if batch_size else {}),
     }
     with SiteServer(site_routes(paths, pages)) as site:
         # http.server listens with a backlog of 5: the crawl's burst of connections would overflow it, and
@@ -457,17 +542,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=120, metavar="SECONDS",
                         help="before each measurement, wait up to this long for other processes to go quiet")
     parser.add_argument("--skip-crawl", action="store_true", help="measure (a)-(c) only")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: IMGSEARCH_EMBED_BATCH_SIZE "
+                                                       "if set, else the CPU or GPU size for --device)")
+    parser.add_argument("--device-decode", action="store_true",
+                        help="measure (e), decoding on the device, on a CPU too (always done with cuda)")
     args = parser.parse_args(argv)
     if args.images < 2 or args.naive < 2:
         parser.error("--images and --naive need at least 2")
 
     import torch
 
+    from crawler.settings import embed_batch_size
     from pipelines.embedding import Embedder, cpu_has_bf16, throughput_plan
 
+    device = args.device.strip().lower()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch sees no CUDA device here (torch {torch.__version__}, CUDA build "
+                     f"{torch.version.cuda or 'none'})")
+    if device != "cpu" and not device.startswith("cuda"):
+        parser.error("--device: cpu, cuda or cuda:N")
     paths = ensure_images(args.cache / IMAGE_SET, args.images)
     models = ensure_models(args.cache / "models-full")
-    batch_size = settings.getint("IMGSEARCH_EMBED_BATCH_SIZE")
+    batch_size = args.batch_size or (int(os.environ["IMGSEARCH_EMBED_BATCH_SIZE"])
+                                     if os.environ.get("IMGSEARCH_EMBED_BATCH_SIZE") else
+                                     embed_batch_size(device, settings.getint("IMGSEARCH_EMBED_BATCH_SIZE_CPU"),
+                                                      settings.getint("IMGSEARCH_EMBED_BATCH_SIZE_GPU")))
     window = settings.getint("CONCURRENT_ITEMS")
     workers = min(32, (os.cpu_count() or 1) + 4)  # asyncio.to_thread's default pool, which the fetch stage uses
     sizes = sorted({SIZES[i % len(SIZES)] for i in range(len(paths))})
@@ -477,15 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical cores, bf16: {'yes' if cpu_has_bf16() else 'no'}); "
           f"load average {os.getloadavg()[0]:.2f} at start")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Python {platform.python_version()}")
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        print(f"Device: {device}, {props.name}, {props.total_memory / 2**30:.0f} GiB, bf16: "
+              f"{'yes' if torch.cuda.is_bf16_supported() else 'no'}; CUDA {torch.version.cuda}")
     print(f"Images: {len(paths)} JPEGs (q{QUALITY}), {min(w * h for w, h in sizes) / 1e6:.1f}-"
           f"{max(w * h for w, h in sizes) / 1e6:.1f} MP, {total_bytes / len(paths) / 1e3:.0f} kB each on average; "
           f"model: full-size stand-in ViT-B/32 ({models[0]})")
 
     default_threads = torch.get_num_threads()
     # What the crawl's embed stage does (EmbedPipeline): this many batches at once, torch threads set so.
-    at_once, plan_threads = throughput_plan("cpu")
+    at_once, plan_threads = throughput_plan(device)
     started = time.perf_counter()
-    embedder = Embedder(str(models[0]), str(models[1]), batch_size=batch_size, device="cpu", concurrency=at_once,
+    embedder = Embedder(str(models[0]), str(models[1]), batch_size=batch_size, device=device, concurrency=at_once,
                         bf16_min_cosine=settings.getfloat("IMGSEARCH_EMBED_BF16_MIN_COSINE"))
     model = embedder.load_image_model()
     cosine = "not measured" if embedder.bf16_cosine is None else f"{embedder.bf16_cosine:.6f}"
@@ -496,12 +600,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{at_once} batch(es) at once, torch threads {plan_threads or default_threads}")
     print()
 
-    best_bf16 = cpu_has_bf16()
+    best_bf16 = cpu_has_bf16() if device == "cpu" else torch.cuda.is_bf16_supported()
     wait_until_quiet(args.quiet_wait)
     with CpuWatch() as watch:
-        b = bench_tower(model, batch_size, best_bf16)
+        b = bench_tower(model, batch_size, best_bf16, device=device)
+    where = f"{default_threads} threads" if device == "cpu" else device
     print(f"(b) bare vision tower, {batch_size} x 224x224 tensors, {'bf16 autocast' if best_bf16 else 'fp32'}, "
-          f"{default_threads} threads: {b:7.1f} img/s   [{watch.describe()}]")
+          f"{where}: {b:7.1f} img/s   [{watch.describe()}]")
 
     wait_until_quiet(args.quiet_wait)
     datas = [p.read_bytes() for p in paths[:args.naive]]
@@ -532,12 +637,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    load_image alone, one thread: {decode_cost_ms(paths):.1f} ms/img "
           f"(model alone at (b): {1000 / b:.1f} ms/img)")
 
+    e = None
+    if device != "cpu" or args.device_decode:
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            print("(e) skipped: decoding on the device needs torchvision (pip install torchvision, the build "
+                  "matching torch)")
+        else:
+            from pipelines import imaging
+
+            reference = embedder.embed_images([imaging.load_image(p.read_bytes()).image for p in paths[:16]])
+            wait_until_quiet(args.quiet_wait)
+            with CpuWatch() as watch:
+                e, decoded, e_cosine = bench_device_decode(model, paths, batch_size, best_bf16, device, reference)
+            print(f"(e) decode + embed on {device}: decode_jpeg x {batch_size} there, resize/crop/normalise as "
+                  f"tensors, tower in {'bf16' if best_bf16 else 'fp32'} ({decoded} images): {e:7.1f} img/s   "
+                  f"[{watch.describe()}]; vectors vs (c)'s: min cosine {e_cosine:.4f} (different images: "
+                  f"{float((reference[1:] @ reference[0]).min()):.4f})")
+
     d = None
     if not args.skip_crawl:
         wait_until_quiet(args.quiet_wait)
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             stats = bench_crawl(paths, args.pages, models, Path(tmp), pid, args.concurrency,
-                                args.crawl_log or Path(tmp) / "crawl.log")
+                                args.crawl_log or Path(tmp) / "crawl.log", device, batch_size)
         indexed = stats.get("imgsearch/index/indexed", 0)
         elapsed = float(stats["elapsed_time_seconds"])
         d = indexed / elapsed
@@ -565,12 +689,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"c/b = {c / b:.2f} (target >= 0.8)   " + (f"d/c = {d / c:.2f} (target >= 0.9)   " if d else "")
           + f"c/a = {c / a:.2f} (target >= 2.5)" + (f"   [c/b' = {c / b_plan:.2f}]" if b_plan else ""))
+    if e:
+        goal = "   (goal on one H100: >= 3000 img/s)" if device.startswith("cuda") else ""
+        print(f"e = {e:.1f} img/s decoding on {device}, e/c = {e / c:.2f}{goal}")
     if d:
         print(f"peak RSS: crawl process {stats['_rss_mib']:.0f} MiB, benchmark process {peak_rss_mib():.0f} MiB")
     else:
         print(f"peak RSS: benchmark process {peak_rss_mib():.0f} MiB")
-    print(f"CPU {cpu_model()}; torch threads {torch.get_num_threads()}; precision {embedder.precision}; "
-          f"load average {os.getloadavg()[0]:.2f} at end")
+    print(f"CPU {cpu_model()}; device {device}; torch threads {torch.get_num_threads()}; precision "
+          f"{embedder.precision}; load average {os.getloadavg()[0]:.2f} at end")
     return 0
 
 

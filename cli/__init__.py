@@ -74,15 +74,53 @@ def cmd_es_start(args: argparse.Namespace) -> int:
         print(f"Using the cluster at {display_url(settings)} (ES_URL): Elasticsearch {info['version']}, "
               f"health {info['status']}; nothing started.")
         return 0
-    node = _local_node(settings, args)
+    cluster = _local_cluster(settings, args)
+    node = cluster or _local_node(settings, args)
     started = time.monotonic()
     try:
         status = node.start()
     except NodeError as exc:
         raise CliError(str(exc)) from exc
+    if cluster is not None:
+        _print_cluster(status)
+        print(f"Started in {time.monotonic() - started:.1f} s (files in {cluster.cluster_dir}). Use it with:\n"
+              f"  export ES_URL={cluster.es_url}")
+        return 0
     print(f"Elasticsearch {status.version} at {status.url}, health {status.health} "
           f"(pid {status.pid}, {time.monotonic() - started:.1f} s; files in {node.node_dir})")
     return 0
+
+
+def _local_cluster(settings, args: argparse.Namespace):
+    """The local cluster that `--nodes N` (N > 1) names, or, without --nodes, the one last started at the port
+    (for `start`, only while it runs: otherwise `start` means one node)."""
+    from index_setup.local_node import LocalCluster
+
+    port = getattr(args, "port", None) or settings.getint("IMGSEARCH_ES_PORT")
+    nodes = getattr(args, "nodes", None)
+    if nodes is not None and nodes < 1:
+        raise CliError("--nodes must be at least 1")
+    found = nodes is None
+    if found:
+        nodes = LocalCluster.size_at(settings.get("IMGSEARCH_CACHE_DIR"), port)
+    if not nodes or nodes < 2:
+        return None
+    cluster = LocalCluster(settings.get("IMGSEARCH_CACHE_DIR"), nodes=nodes, port=port,
+                           heap=settings.get("IMGSEARCH_ES_HEAP"), distribution=getattr(args, "distribution", None))
+    if found and args.es == "start" and not cluster.status().running:
+        return None
+    return cluster
+
+
+def _print_cluster(status) -> None:
+    print(f"Local cluster {status.name}: health {status.health or 'unknown'}, {status.number_of_nodes} node(s) "
+          f"joined" + (f", shards {status.shards.get('active', 0)} active / {status.shards.get('unassigned', 0)} "
+                       f"unassigned" if status.shards else ""))
+    for node in status.nodes:
+        role = " (elected master)" if node.url == status.master else ""
+        state = (f"Elasticsearch {node.version}, pid {node.pid}{role}" if node.version else
+                 f"running (pid {node.pid}), not in the cluster" if node.running else "not running")
+        print(f"  {node.url}: {state}")
 
 
 def cmd_es_stop(args: argparse.Namespace) -> int:
@@ -90,6 +128,13 @@ def cmd_es_stop(args: argparse.Namespace) -> int:
     if settings.get("ES_URL"):
         print("ES_URL is set: that cluster is not managed here; nothing stopped.")
         return 0
+    cluster = _local_cluster(settings, args)
+    if cluster is not None:
+        stopped = cluster.stop()
+        print(f"Stopped {stopped} node(s) of the local cluster {cluster.name} ({cluster.es_url})." if stopped
+              else f"No node of the local cluster {cluster.name} was running.")
+        if args.nodes:
+            return 0
     node = _local_node(settings, args)
     print(f"Stopped Elasticsearch at {node.url}." if node.stop() else f"No local Elasticsearch at {node.url}.")
     return 0
@@ -102,6 +147,11 @@ def cmd_es_status(args: argparse.Namespace) -> int:
         print(f"{info['url']}: Elasticsearch {info['version']}, cluster {info['cluster_name']}, "
               f"health {info['status']}, {info['number_of_nodes']} node(s)")
         return 0
+    cluster = _local_cluster(settings, args)
+    if cluster is not None and (args.nodes or cluster.status().running):
+        cluster_status = cluster.status()
+        _print_cluster(cluster_status)
+        return 0 if cluster_status.running else 1
     status = _local_node(settings, args).status()
     if not status.running:
         print(f"No local Elasticsearch running at {status.url} (start it with `imgsearch es start`).")
@@ -229,27 +279,47 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     from crawler import joblock
     from crawler.crawl import run_crawl
 
-    overrides = {"FILES_STORE": args.store}
+    overrides = {"FILES_STORE": args.store, "IMGSEARCH_REDIS_URL": args.redis,
+                 "IMGSEARCH_REDIS_JOIN": True if args.join else None}
     if args.job_dir:
         overrides["JOBDIR"] = args.job_dir
     settings = _settings(args, **overrides)
+    shared = bool(settings.get("IMGSEARCH_REDIS_URL"))
+    joining = shared and settings.getbool("IMGSEARCH_REDIS_JOIN")
+    if args.join and not shared:
+        raise CliError("--join needs the shared frontier's Redis: --redis URL (or IMGSEARCH_REDIS_URL)")
+    if joining and (args.urls or args.urls_file):
+        raise CliError("--join takes no start URLs or --urls-file: the worker crawls what the running crawl finds")
+    if shared and settings.get("JOBDIR"):
+        raise CliError("--job-dir and --redis exclude each other: a shared frontier keeps the crawl's state in Redis")
     # First of all, so that an overlapping run of a scheduled job exits at once.
     spider, targets = ("urls", [str(Path(args.urls_file).resolve())]) if args.urls_file else ("site", args.urls)
     try:
-        joblock.acquire(joblock.lock_path(settings, spider, targets), f"imgsearch crawl {' '.join(targets)}")
+        # Workers of a shared frontier run side by side by design; the frontier refuses a second start.
+        if not shared:
+            joblock.acquire(joblock.lock_path(settings, spider, targets), f"imgsearch crawl {' '.join(targets)}")
     except joblock.JobLocked as exc:
         raise CliError(str(exc)) from exc
+    spider_args: dict = {}
+    if args.urls_file:
+        spider_args = {"file": targets[0]}
+    elif args.urls:
+        spider_args = {"start_urls": ",".join(args.urls), "depth": args.depth, "max_pages": args.max_pages or 0,
+                       "allowed_domains": ",".join(args.allowed_domain or []), "allow": ",".join(args.allow or []),
+                       "deny": ",".join(args.deny or [])}
+    elif not joining:
+        raise CliError("give start URLs, or --urls-file FILE" + (", or --join" if shared else ""))
+    if shared:
+        from crawler.frontier import FrontierError, prepare
+
+        try:
+            spider, spider_args = prepare(settings, spider, spider_args)
+        except FrontierError as exc:
+            raise CliError(str(exc)) from exc
     if not settings.get("ES_URL"):
         ensure_local_node(settings)
     prepare_crawl(settings)
-    if args.urls_file:
-        stats = run_crawl(settings, "urls", file=args.urls_file)
-    else:
-        if not args.urls:
-            raise CliError("give start URLs, or --urls-file FILE")
-        stats = run_crawl(settings, "site", start_urls=",".join(args.urls), depth=args.depth,
-                          max_pages=args.max_pages or 0, allowed_domains=",".join(args.allowed_domain or []),
-                          allow=",".join(args.allow or []), deny=",".join(args.deny or []))
+    stats = run_crawl(settings, spider, **spider_args)
     print(stats.get("imgsearch/summary", "crawl ended before it started"))
     if args.stats_file:
         with open(args.stats_file, "w", encoding="utf-8") as f:
@@ -364,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("status", cmd_es_status, "URL, version and health")):
         sub = es.add_parser(name, help=text)
         sub.add_argument("--port", type=int, help="HTTP port of the local node (default IMGSEARCH_ES_PORT, 9200)")
+        sub.add_argument("--nodes", type=int, metavar="N",
+                         help="a local cluster of N nodes on loopback: HTTP ports PORT to PORT+N-1, transport "
+                              "ports 100 above (stop and status find the last one started at PORT)")
         if name == "start":
             sub.add_argument("--distribution", metavar="PATH",
                              help="an official Elasticsearch 8.x archive (.tar.gz/.zip) or unpacked folder "
@@ -396,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     crawl.add_argument("--store", help="where to keep the original images (default FILES_STORE)")
     crawl.add_argument("--job-dir", help="keep the crawl's state here, so an interrupted crawl resumes")
     crawl.add_argument("--stats-file", metavar="FILE", help="write the crawl's final stats here as JSON")
+    crawl.add_argument("--redis", metavar="URL", help="share the crawl's frontier (pages queued and seen) through "
+                                                      "this Redis with other crawl processes (IMGSEARCH_REDIS_URL)")
+    crawl.add_argument("--join", action="store_true", help="with --redis: add a worker to the crawl running there "
+                                                           "(no start URLs); workers leave when it runs dry")
     _add_index_arg(crawl)
     crawl.set_defaults(func=cmd_crawl)
 
@@ -444,6 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("file")
     _add_index_arg(replay_parser)
     replay_parser.set_defaults(func=cmd_replay)
+
+    from cli import check_sources, reembed, transfer  # each command's own module: arguments and output
+
+    reembed.add_parser(commands, _add_index_arg)
+    transfer.add_parsers(commands, _add_index_arg)
+    check_sources.add_parser(commands, _add_index_arg)
+    from cli import serve  # `imgsearch serve`: the search page and its JSON API
+
+    serve.add_parser(commands, _add_index_arg)
     return parser
 
 

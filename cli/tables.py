@@ -25,7 +25,8 @@ def results_table(response: dict[str, Any], *, note: str | None = None) -> str:
                      f"{r.get('image_name') or r['image_id'][:16]}  <{r.get('image_url')}>")
         for source in r["sources"][:3]:
             title = source.get("page_title") or "(untitled)"
-            lines.append(f"        seen on {title} <{source['page_url']}> since {_day(source.get('first_seen'))}")
+            lines.append(f"        seen on {title} <{source['page_url']}> since {_day(source.get('first_seen'))}"
+                         f"{_gone(source)}")
         more = r["sources_total"] - min(3, len(r["sources"]))
         if more > 0:
             lines.append(f"        … and {more} more page(s)")
@@ -50,12 +51,20 @@ def sources_table(response: dict[str, Any]) -> str:
     for source in response["sources"]:
         title = source.get("page_title") or "(untitled)"
         lines.append(f"  {_day(source['first_seen'])}  {_match(source):<12} {title}  <{source['page_url']}>"
-                     f"  image <{source['image_url']}>")
+                     f"  image <{source['image_url']}>{_gone(source)}")
     more = response["sources_total"] - len(response["sources"])
     if more > 0:
         lines.append(f"  … and {more} more page(s) (--limit)")
     lines += [f"  ({note})" for note in response.get("notes", [])]
     return "\n".join(lines)
+
+
+def _gone(source: dict[str, Any]) -> str:
+    """A source `imgsearch check-sources` found gone (the page, or the image on it): when, and why."""
+    if not source.get("gone_since"):
+        return ""
+    reason = source.get("gone_reason")
+    return f"  [gone since {_day(source['gone_since'])}{f': {reason}' if reason else ''}]"
 
 
 def _match(source: dict[str, Any]) -> str:

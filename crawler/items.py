@@ -32,3 +32,16 @@ class ImageItem(scrapy.Item):
     # Filled by the embed stage (pipelines.embedding).
     image_embedding = scrapy.Field()  # L2-normalised float32 vector
     model = scrapy.Field()
+
+
+class SourceCheckItem(scrapy.Item):
+    """A source page re-checked by the `check_sources` spider; written by pipelines.source_status."""
+
+    page_url = scrapy.Field()
+    outcome = scrapy.Field()  # checked | not_modified | gone | failed | skipped
+    reason = scrapy.Field()  # http_404, http_410 (the page is gone), or why it could not be checked
+    # One per source (occurrence) of the page: {"id", "image_url", "gone_since", "live": bool | None}; live is
+    # None when the page could not be checked or was not modified.
+    sources = scrapy.Field()
+    page_etag = scrapy.Field()  # the answer's validators, for the next check's conditional request
+    page_last_modified = scrapy.Field()

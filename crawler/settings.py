@@ -49,9 +49,17 @@ SCHEDULER = "crawler.jobstate.JournalScheduler"
 SPIDER_MIDDLEWARES = {
     "crawler.jobstate.PageTracker": 10,
 }
-# Before Scrapy's RetryMiddleware (550) sees a 429 or 503: wait out its Retry-After.
+# With IMGSEARCH_REDIS_URL set, a crawl frontier shared by several crawl processes replaces that scheduler
+# (crawler/frontier.py); without it, this add-on changes nothing.
+ADDONS = {
+    "crawler.frontier.SharedFrontier": 0,
+}
+# Before Scrapy's RetryMiddleware (550) sees a 429 or 503: wait out its Retry-After. And Scrapy's robots.txt
+# middleware replaced by one that gives its rules to every request waiting for them (crawler/robots.py).
 DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.RetryAfterMiddleware": 560,
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "crawler.robots.RobotsTxtMiddleware": 100,
 }
 # One response's worth of items at a time keeps memory bounded: each item may hold a decoded image.
 CONCURRENT_ITEMS = 64
@@ -80,9 +88,21 @@ IMGSEARCH_ES_HEAP = "1g"
 IMGSEARCH_CACHE_DIR = None
 # Alias of the image index; the sources index is this name plus "-sources".
 IMGSEARCH_INDEX = "my-image-embeddings"
-# Primary shards and replicas of newly created indices (one node: 1 shard, 0 replicas).
+# Primary shards of newly created indices.
 IMGSEARCH_SHARDS = 1
-IMGSEARCH_REPLICAS = 0
+# Replicas of newly created indices; unset: 1 when ES_URL names several nodes, else 0.
+IMGSEARCH_REPLICAS = None
+
+# --- imgsearch: shared crawl frontier (crawler/frontier.py, the [distributed] extra) ----------------------------
+# Redis (redis://[:password@]host:6379/0) holding one crawl's page queue and seen pages for several crawl
+# processes (`imgsearch crawl --redis URL`); unset: each crawl process has its own.
+IMGSEARCH_REDIS_URL = None
+# Prefix of the shared crawl's Redis keys; unset: imgsearch:<IMGSEARCH_INDEX> (one shared crawl per index).
+IMGSEARCH_REDIS_KEY = None
+# Join the crawl already started on the frontier (`imgsearch crawl --join`) instead of starting one.
+IMGSEARCH_REDIS_JOIN = False
+# A worker leaves after this many seconds with nothing to crawl while no other worker is busy.
+IMGSEARCH_REDIS_IDLE_SECONDS = 30
 
 # --- imgsearch: fetch stage ---------------------------------------------------------------------------------
 # Where the original image bytes are kept (a folder or s3://bucket/prefix); relative_path is inside it.
@@ -96,6 +116,9 @@ IMGSEARCH_FETCH_MIN_WIDTH = 32
 IMGSEARCH_FETCH_MIN_HEIGHT = 32
 # Recently fetched image URLs remembered in memory, so an image shown on many pages is downloaded once.
 IMGSEARCH_FETCH_SEEN_URLS = 100_000
+# Images in the pipeline (downloaded, embedded or being indexed) at once; more wait before downloading, so a
+# slow model or Elasticsearch bounds memory instead of filling it.
+IMGSEARCH_FETCH_MAX_IN_FLIGHT = 400
 # Pages and images marked noai, noimageai or noimageindex (X-Robots-Tag, robots meta) are not indexed, except
 # on these domains (comma-separated, subdomains included): an owner indexing their own site.
 IMGSEARCH_NOAI_EXEMPT_DOMAINS = ""
@@ -113,12 +136,13 @@ IMGSEARCH_IMAGE_MODEL = "sentence-transformers/clip-ViT-B-32"
 IMGSEARCH_TEXT_MODEL = "sentence-transformers/clip-ViT-B-32-multilingual-v1"
 # auto (CUDA when present, else CPU), cpu, or cuda[:N].
 IMGSEARCH_EMBED_DEVICE = "auto"
-# Images in the pipeline (downloaded, embedded or being indexed) at once; more wait before downloading, so a
-# slow model or Elasticsearch bounds memory instead of filling it.
-IMGSEARCH_FETCH_MAX_IN_FLIGHT = 400
-# Images per model call; a batch is sent early after IMGSEARCH_EMBED_FLUSH_SECONDS.
-IMGSEARCH_EMBED_BATCH_SIZE = 32
+# Images per model call; a batch is sent early after IMGSEARCH_EMBED_FLUSH_SECONDS. Unset: the size below
+# for the device that IMGSEARCH_EMBED_DEVICE names (auto: a GPU when one is visible).
+IMGSEARCH_EMBED_BATCH_SIZE = None
 IMGSEARCH_EMBED_FLUSH_SECONDS = 0.5
+# Images per model call on a CPU (where two batches run at once) and on a GPU.
+IMGSEARCH_EMBED_BATCH_SIZE_CPU = 32
+IMGSEARCH_EMBED_BATCH_SIZE_GPU = 256
 # bf16 on CPUs that support it, when its embeddings stay within this cosine of fp32 (0 disables bf16).
 IMGSEARCH_EMBED_BF16_MIN_COSINE = 0.99
 
@@ -140,6 +164,21 @@ IMGSEARCH_QUERY_OVERSAMPLE = 3.0
 # the query's: edited copies measure within 10, different pictures almost never (bench/copies.py).
 IMGSEARCH_QUERY_NEAR_BITS = 10
 
+# --- imgsearch: serve ---------------------------------------------------------------------------------------
+# Address `imgsearch serve` listens on: loopback, so only this machine reaches it unless told otherwise.
+IMGSEARCH_SERVE_HOST = "127.0.0.1"
+# Its TCP port.
+IMGSEARCH_SERVE_PORT = 8000
+# When set, every request needs "Authorization: Bearer <token>" (a browser gives it once, on the token page).
+IMGSEARCH_SERVE_TOKEN = None
+# Uploaded query images larger than this many bytes are refused (413) before they are read whole.
+IMGSEARCH_SERVE_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Results per query when a request names no k, and the most a request may ask for.
+IMGSEARCH_SERVE_DEFAULT_K = 12
+IMGSEARCH_SERVE_MAX_K = 100
+# Sources listed on an image's detail view at most (the total is always shown).
+IMGSEARCH_SERVE_MAX_SOURCES = 500
+
 
 def _user_dir(env: str, fallback: str) -> Path:
     return Path(os.environ.get(env) or Path.home() / fallback) / "imgsearch"
@@ -157,6 +196,27 @@ def default_data_dir() -> Path:
     return _user_dir("XDG_DATA_HOME", ".local/share")
 
 
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, told without importing torch (what `auto` picks when
+    torch has CUDA, as PyPI's Linux builds do)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def embed_batch_size(device: str, cpu: int, gpu: int) -> int:
+    """The batch size for IMGSEARCH_EMBED_DEVICE: `cpu` for cpu, `gpu` for cuda[:N] (and other accelerators)."""
+    device = str(device or "auto").strip().lower()
+    on_gpu = gpu_visible() if device == "auto" else device != "cpu"
+    return int(gpu if on_gpu else cpu)
+
+
+def default_replicas(es_url: str | None) -> int:
+    """One replica when ES_URL names several nodes (a cluster can place it), none for a single node."""
+    return 1 if es_url and len([u for u in str(es_url).split(",") if u.strip()]) > 1 else 0
+
+
 def _apply_environment(namespace: dict) -> None:
     """Let an environment variable of the same name override each setting above."""
     for name in [n for n in namespace if n.isupper()]:
@@ -168,3 +228,6 @@ _apply_environment(globals())
 IMGSEARCH_CACHE_DIR = IMGSEARCH_CACHE_DIR or str(default_cache_dir())
 FILES_STORE = FILES_STORE or str(default_data_dir() / "store")
 IMGSEARCH_INDEX_DEAD_LETTER_DIR = IMGSEARCH_INDEX_DEAD_LETTER_DIR or str(default_data_dir() / "dead-letter")
+IMGSEARCH_REPLICAS = default_replicas(ES_URL) if IMGSEARCH_REPLICAS in (None, "") else IMGSEARCH_REPLICAS
+IMGSEARCH_EMBED_BATCH_SIZE = IMGSEARCH_EMBED_BATCH_SIZE or embed_batch_size(
+    IMGSEARCH_EMBED_DEVICE, IMGSEARCH_EMBED_BATCH_SIZE_CPU, IMGSEARCH_EMBED_BATCH_SIZE_GPU)

@@ -109,22 +109,50 @@ def check_index(client: Elasticsearch, name: str, expected: dict[str, Any]) -> l
             for problem in mapping_differences(expected, body.get("mappings", {}))]
 
 
-def ensure_indices(client: Elasticsearch, alias: str, *, dims: int = DEFAULT_DIMS, model: str | None = None,
-                   shards: int = 1, replicas: int = 0) -> dict[str, str]:
-    """Create the two indices where missing; a no-op where they exist and match.
+def stored_dims(client: Elasticsearch, alias: str) -> int | None:
+    """The vector dims recorded in the image index's _meta (None: no index, or none recorded)."""
+    for body in (_existing_mappings(client, alias) or {}).values():
+        dims = body.get("mappings", {}).get("_meta", {}).get("dims")
+        if dims:
+            return int(dims)
+    return None
 
-    Returns {alias: "created" | "exists"}. Raises IndexConflict, changing nothing, when an existing index
-    conflicts with the schema (other vector dims or similarity, a field of another type, a missing field).
+
+def _add_missing_fields(client: Elasticsearch, expected: list[tuple[str, dict[str, Any]]],
+                        problems: list[str]) -> list[str]:
+    """Fields of the current schema that an index of the same schema version lacks (added to it while that
+    version was new) are added in place, which changes no stored document; returns the problems left."""
+    missing = [p.split(": ") for p in problems if p.endswith(": missing") and p.count(": ") == 2]
+    if len(missing) != len(problems) or any("." in field for _, field, _ in missing):
+        return problems
+    for name, mapping in expected:
+        for index in _existing_mappings(client, name) or {}:
+            fields = [field for idx, field, _ in missing if idx == index]
+            if fields:
+                client.indices.put_mapping(index=index, properties={f: mapping["properties"][f] for f in fields})
+                logger.info("Added the fields %s to %s", ", ".join(fields), index)
+    return []
+
+
+def ensure_indices(client: Elasticsearch, alias: str, *, dims: int | None = None, model: str | None = None,
+                   shards: int = 1, replicas: int = 0) -> dict[str, str]:
+    """Create the indices where missing; a no-op where they exist and match.
+
+    `dims` None: the existing index's (after a reembed to another model), else DEFAULT_DIMS. Returns
+    {alias: "created" | "exists"}. Raises IndexConflict, changing nothing, when an existing index conflicts
+    with the schema (other vector dims or similarity, a field of another type), IndexOutdated when it is of
+    an older schema, ModelMismatch when its vectors come from another model.
     """
     names = IndexNames.for_alias(alias)
-    expected = _expected(names, dims, model)
     versions = schema_versions(client, alias)
     if any(v < SCHEMA_VERSION for v in versions.values()):
         raise IndexOutdated(outdated_message(alias, versions))
     stored = stored_model(client, names.images)
     if model and stored and stored != model:
         raise ModelMismatch(model_mismatch_message(alias, stored, model))
-    problems = [p for name, mapping in expected for p in check_index(client, name, mapping)]
+    expected = _expected(names, dims or stored_dims(client, names.images) or DEFAULT_DIMS, model)
+    problems = _add_missing_fields(client, expected,
+                                   [p for name, mapping in expected for p in check_index(client, name, mapping)])
     if problems:
         raise IndexConflict(
             "existing index does not match the imgsearch schema, nothing was changed:\n  "
@@ -177,7 +205,8 @@ def index_info(client: Elasticsearch, alias: str) -> list[dict[str, Any]]:
             rows.append({
                 "alias": name,
                 "index": index,
-                "docs": total.get("docs", {}).get("count", 0),
+                # _count, not the index stats: those count each image's nested crop hashes as documents too.
+                "docs": client.count(index=index)["count"],
                 "size_bytes": total.get("store", {}).get("size_in_bytes", 0),
                 "meta": body.get("mappings", {}).get("_meta", {}),
             })

@@ -1,10 +1,13 @@
-"""A local single-node Elasticsearch 8 for machines without Docker: obtain, configure, start, stop.
+"""A local Elasticsearch 8 for machines without Docker: obtain, configure, start, stop one node or a cluster.
 
 The pinned distribution is the official ``integ-test-zip`` that Elastic publishes on Maven Central (the
 distribution Elasticsearch's own REST tests run on). It has no bundled JDK, so it runs on the machine's Java
 17+. It lacks some modules of the full product (no ``GET /``, no scripting, no ``_reindex``), which is why the
 rest of the project uses cluster health, ``_nodes/_local``, and scan + bulk. ``distribution=`` also accepts
 an official full 8.x archive or unpacked folder.
+
+`LocalCluster` runs several such nodes on loopback as one cluster (consecutive HTTP ports, transport ports 100
+above them, one data folder per node), for trying a cluster setup and for tests.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -53,6 +58,22 @@ class NodeStatus:
     running: bool
     version: str | None = None
     health: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """A local cluster: each node's status, and the cluster's view (from any node that answers)."""
+
+    name: str
+    nodes: list[NodeStatus]
+    health: str | None = None
+    number_of_nodes: int = 0
+    master: str | None = None  # the elected master's HTTP URL
+    shards: dict[str, int] = field(default_factory=dict)  # active, unassigned...
+
+    @property
+    def running(self) -> list[NodeStatus]:
+        return [n for n in self.nodes if n.running]
 
 
 def maven_url(version: str = ES_VERSION) -> str:
@@ -189,20 +210,37 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed daemon stays a zombie until someone reaps it (in a container, often nobody)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class LocalNode:
-    """One local node: its files live under ``cache_dir/elasticsearch/node-<port>``."""
+    """One local node: its files live under ``cache_dir/elasticsearch/node-<port>``.
+
+    With ``cluster_ports`` (the HTTP ports of every member, this one included) it is a member of a local cluster
+    instead: its files live under ``cache_dir/elasticsearch/cluster-<first port>/node-<port>``, and it finds the
+    others on their transport ports (HTTP port + 100).
+    """
 
     def __init__(self, cache_dir: str | Path, *, port: int = 9200, heap: str = "1g",
-                 distribution: str | Path | None = None) -> None:
+                 distribution: str | Path | None = None, cluster_ports: Sequence[int] = ()) -> None:
         self.cache_dir = Path(cache_dir)
         self.port = int(port)
         self.heap = heap
         self.distribution = Path(distribution) if distribution else None
         self.base = self.cache_dir / "elasticsearch"
-        self.node_dir = self.base / f"node-{self.port}"
+        self.cluster_ports = tuple(int(p) for p in cluster_ports) if len(cluster_ports) > 1 else ()
+        if self.cluster_ports:
+            if self.port not in self.cluster_ports:
+                raise ValueError(f"port {self.port} is not one of the cluster's ports {self.cluster_ports}")
+            first = min(self.cluster_ports)
+            self.cluster_name = f"{CLUSTER_NAME}-{first}"
+            self.node_dir = self.base / f"cluster-{first}" / f"node-{self.port}"
+        else:
+            self.cluster_name = CLUSTER_NAME
+            self.node_dir = self.base / f"node-{self.port}"
         self.pid_file = self.node_dir / "es.pid"
 
     @property
@@ -277,7 +315,7 @@ class LocalNode:
 
     def log_tail(self, lines: int = 30) -> str:
         chunks = []
-        for path in (self.node_dir / "logs" / "launcher.out", self.node_dir / "logs" / f"{CLUSTER_NAME}.log"):
+        for path in (self.node_dir / "logs" / "launcher.out", self.node_dir / "logs" / f"{self.cluster_name}.log"):
             if path.exists():
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 chunks.append(f"--- {path} ---\n" + "\n".join(text))
@@ -312,14 +350,14 @@ class LocalNode:
         for sub in ("data", "logs", "tmp"):
             (self.node_dir / sub).mkdir(parents=True, exist_ok=True)
         lines = [
-            f"cluster.name: {CLUSTER_NAME}",
+            f"cluster.name: {self.cluster_name}",
             f"node.name: node-{self.port}",
             f"path.data: {self.node_dir / 'data'}",
             f"path.logs: {self.node_dir / 'logs'}",
             "network.host: 127.0.0.1",
             f"http.port: {self.port}",
             f"transport.port: {self.port + 100}",
-            "discovery.type: single-node",
+            *self._discovery_config(),
             # A throwaway node on loopback: no TLS or passwords (ES_URL points at a secured cluster).
             "xpack.security.enabled: false",
             # A laptop disk that is 90 % full must not turn the indices read-only.
@@ -335,6 +373,17 @@ class LocalNode:
         if os.geteuid() == 0:
             self._check_reachable_by_unprivileged_user()
             self._chown_unprivileged(self.node_dir)
+
+    def _discovery_config(self) -> list[str]:
+        if not self.cluster_ports:
+            return ["discovery.type: single-node"]
+        seeds = ", ".join(f'"127.0.0.1:{p + 100}"' for p in self.cluster_ports)
+        lines = [f"discovery.seed_hosts: [{seeds}]"]
+        if not any((self.node_dir / "data").glob("*")):
+            # Only to bootstrap a new cluster: a node that has joined one must not be told to form another.
+            masters = ", ".join(f'"node-{p}"' for p in self.cluster_ports)
+            lines.append(f"cluster.initial_master_nodes: [{masters}]")
+        return lines
 
     def _run_as(self) -> dict:
         if os.geteuid() != 0:
@@ -384,3 +433,113 @@ class LocalNode:
                 return self.status()
             time.sleep(0.5)
         raise NodeError(f"Elasticsearch at {self.url} was not healthy within {timeout:.0f} s\n{self.log_tail()}")
+
+
+class LocalCluster:
+    """``nodes`` local nodes forming one cluster on loopback: HTTP ports ``port`` to ``port + nodes - 1``,
+    transport ports 100 above them, each node with its own data folder. Every node is master-eligible and
+    holds data, so the cluster survives the loss of any one of three."""
+
+    def __init__(self, cache_dir: str | Path, *, nodes: int = 3, port: int = 9200, heap: str = "1g",
+                 distribution: str | Path | None = None) -> None:
+        if nodes < 2:
+            raise ValueError("a cluster needs at least 2 nodes (use LocalNode for one)")
+        ports = list(range(int(port), int(port) + int(nodes)))
+        self.nodes = [LocalNode(cache_dir, port=p, heap=heap, distribution=distribution, cluster_ports=ports)
+                      for p in ports]
+        self.name = self.nodes[0].cluster_name
+        self.cluster_dir = self.nodes[0].node_dir.parent
+
+    @staticmethod
+    def size_at(cache_dir: str | Path, port: int) -> int:
+        """How many nodes the local cluster whose first HTTP port is ``port`` has (0: none was ever started)."""
+        folder = Path(cache_dir) / "elasticsearch" / f"cluster-{int(port)}"
+        return len(list(folder.glob("node-*"))) if folder.is_dir() else 0
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def es_url(self) -> str:
+        """The value of ES_URL that names every node."""
+        return ",".join(self.urls)
+
+    def node(self, port: int) -> LocalNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def exists(self) -> bool:
+        return self.cluster_dir.is_dir()
+
+    def status(self) -> ClusterStatus:
+        """Each node's pid, and from the first node that answers: health, members, master, shard counts. A node
+        that runs but has not joined the cluster has no version or health."""
+        nodes = [self._quick_status(n) for n in self.nodes]
+        for node in (n for n in nodes if n.running):
+            health = http_json(f"{node.url}/_cluster/health", timeout=5)
+            if not health:
+                continue
+            info = http_json(f"{node.url}/_nodes?filter_path=nodes.*.name,nodes.*.version", timeout=5) or {}
+            versions = {n.get("name"): n.get("version") for n in info.get("nodes", {}).values()}
+            masters = http_json(f"{node.url}/_cat/master?format=json", timeout=5)
+            master_name = masters[0].get("node") if isinstance(masters, list) and masters else None
+            names = [f"node-{n.port}" for n in self.nodes]
+            joined = [replace(status, version=versions.get(name), health=health.get("status") if name in versions
+                              else None) for status, name in zip(nodes, names, strict=True)]
+            master = next((n.url for n, name in zip(self.nodes, names, strict=True) if name == master_name), None)
+            shards = {k.removesuffix("_shards"): int(v) for k, v in health.items()
+                      if k.endswith("_shards") and isinstance(v, int)}
+            return ClusterStatus(self.name, joined, health.get("status"), int(health.get("number_of_nodes", 0)),
+                                 master, shards)
+        return ClusterStatus(self.name, nodes)
+
+    def start(self, timeout: float = 300.0) -> ClusterStatus:
+        """Start every node that is not running (all at once: a master is elected once a majority is up), and
+        return when all of them have joined and the cluster is yellow or green. Idempotent."""
+        current = self.status()
+        if len(current.running) == len(self.nodes) and self._formed(current):
+            logger.info("The local cluster %s is already running (%s)", self.name, self.es_url)
+            return current
+        self.nodes[0]._home()  # unpack the distribution once, before the nodes start side by side
+        pending = [n for n in self.nodes if not self._quick_status(n).running]
+        logger.info("Starting %d Elasticsearch node(s) of the local cluster %s (%s)", len(pending), self.name,
+                    ", ".join(n.url for n in pending))
+        with ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="es-start") as pool:
+            futures = [pool.submit(node.start, timeout) for node in pending]
+            errors = []
+            for node, future in zip(pending, futures, strict=True):
+                try:
+                    future.result()
+                except NodeError as exc:
+                    errors.append(f"node {node.url}: {exc}")
+        if errors:
+            raise NodeError("the local cluster did not start:\n" + "\n".join(errors))
+        return self.wait_formed(timeout)
+
+    def wait_formed(self, timeout: float = 300.0) -> ClusterStatus:
+        """Wait until every node has joined the cluster and it is yellow or green."""
+        deadline = time.monotonic() + timeout
+        wanted = len(self.nodes)
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                health = http_json(f"{node.url}/_cluster/health?wait_for_nodes={wanted}&wait_for_status=yellow"
+                                   f"&timeout=2s", timeout=5)
+                if health and not health.get("timed_out") and health.get("status") in ("green", "yellow"):
+                    return self.status()
+            time.sleep(0.5)
+        tails = "\n".join(n.log_tail(10) for n in self.nodes)
+        raise NodeError(f"the local cluster {self.name} did not form within {timeout:.0f} s\n{tails}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Stop every node; returns how many were running."""
+        with ThreadPoolExecutor(max_workers=len(self.nodes), thread_name_prefix="es-stop") as pool:
+            return sum(pool.map(lambda node: node.stop(timeout), self.nodes))
+
+    def _formed(self, status: ClusterStatus) -> bool:
+        return status.health in ("green", "yellow") and status.number_of_nodes >= len(self.nodes)
+
+    @staticmethod
+    def _quick_status(node: LocalNode) -> NodeStatus:
+        pid = node._read_pid()
+        running = pid is not None and _pid_alive(pid)
+        return NodeStatus(node.url, pid if running else None, running)

@@ -94,9 +94,11 @@ def source_document(item: Any, now: str) -> dict[str, Any]:
 
 
 def source_action(index: str, item: Any, now: str) -> dict[str, Any]:
-    """Upsert of one occurrence: created with first_seen, afterwards only last_seen, title and alt change."""
+    """Upsert of one occurrence: created with first_seen, afterwards only last_seen, title and alt change; an
+    occurrence seen again is live again (check-sources may have marked it gone)."""
     doc = source_document(item, now)
     update = {k: doc[k] for k in ("image_id", "page_title", "alt_text", "last_seen")}
+    update.update(gone_since=None, gone_reason=None)
     return {"op": "update", "index": index, "id": occurrence_id(item["image_url"], item["page_url"]),
             "body": {"doc": update, "upsert": doc}}
 

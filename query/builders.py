@@ -8,8 +8,8 @@ from typing import Any
 
 VECTOR_FIELD = "image_embedding"
 HASH_FIELD = "phash_crops.hash"
-RESULT_FIELDS = ["image_id", "image_url", "image_name", "relative_path", "width", "height", "format", "bytes",
-                 "first_seen", "last_seen", "domains"]
+RESULT_FIELDS = ["image_id", "image_url", "image_name", "relative_path", "thumbnail_path", "width", "height",
+                 "format", "bytes", "first_seen", "last_seen", "domains"]
 
 
 SORTS = ("score", "first_seen")
@@ -147,27 +147,35 @@ def exact_query(sha256: str, filter: dict[str, Any] | None = None) -> dict[str, 
     return {"bool": {"filter": clauses}}
 
 
+# Set by `imgsearch check-sources` on an occurrence whose page no longer shows the image (kept: history).
+SOURCE_STATUS = ["gone_since", "gone_reason", "checked"]
+# Live sources (no gone_since) first, gone ones after; unmapped_type: indices made before the field.
+LIVE_FIRST = {"gone_since": {"order": "asc", "missing": "_first", "unmapped_type": "date"}}
+
+
 def all_sources_request(image_ids: list[str], size: int) -> dict[str, Any]:
-    """Every occurrence of several images, earliest first (the source finder's answer)."""
+    """Every occurrence of several images, earliest first, gone ones included (the source finder's answer: who
+    had it first, even if the page is gone now)."""
     return {
         "query": {"terms": {"image_id": image_ids}},
         "sort": [{"first_seen": "asc"}, {"page_url": "asc"}],
         "size": size,
         "track_total_hits": True,
         "_source": ["image_id", "image_url", "page_url", "page_title", "alt_text", "domain", "first_seen",
-                    "last_seen"],
+                    "last_seen", *SOURCE_STATUS],
     }
 
 
 def sources_request(image_ids: list[str], per_image: int) -> dict[str, Any]:
-    """The occurrences of several images in one request: collapsed by image, earliest first."""
+    """The occurrences of several images in one request: collapsed by image, live pages first, then earliest."""
     return {
         "query": {"terms": {"image_id": image_ids}},
         "collapse": {
             "field": "image_id",
             "inner_hits": {"name": "sources", "size": per_image,
-                           "sort": [{"first_seen": "asc"}, {"page_url": "asc"}],
-                           "_source": ["page_url", "page_title", "alt_text", "first_seen", "last_seen"]},
+                           "sort": [LIVE_FIRST, {"first_seen": "asc"}, {"page_url": "asc"}],
+                           "_source": ["page_url", "page_title", "alt_text", "first_seen", "last_seen",
+                                       *SOURCE_STATUS]},
         },
         "size": len(image_ids),
         "_source": False,

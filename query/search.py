@@ -105,7 +105,7 @@ class Searcher:
             total = response["hits"]["total"]["value"]
             for hit in response["hits"]["hits"]:
                 found = by_id[hit["_source"]["image_id"]]
-                sources.append({**hit["_source"], "match": found["match"],
+                sources.append({**_with_gone(hit["_source"]), "match": found["match"],
                                 "distance_bits": found.get("distance_bits")})
         answer = {"query": query, "took_ms": round((time.perf_counter() - started) * 1000, 1),
                   "oldest": sources[0] if sources else None, "sources": sources, "sources_total": total,
@@ -137,7 +137,8 @@ class Searcher:
         found = {}
         for hit in response["hits"]["hits"]:
             inner = hit["inner_hits"]["sources"]["hits"]
-            found[hit["fields"]["image_id"][0]] = ([h["_source"] for h in inner["hits"]], inner["total"]["value"])
+            found[hit["fields"]["image_id"][0]] = ([_with_gone(h["_source"]) for h in inner["hits"]],
+                                                   inner["total"]["value"])
         return found
 
     def close(self) -> None:
@@ -296,6 +297,7 @@ class Searcher:
             "image_url": one("image_url"),
             "image_name": one("image_name"),
             "relative_path": one("relative_path"),
+            "thumbnail_path": one("thumbnail_path"),
             "width": one("width"),
             "height": one("height"),
             "format": one("format"),
@@ -304,6 +306,12 @@ class Searcher:
             "last_seen": one("last_seen"),
             "domains": fields.get("domains", []),
         }
+
+
+def _with_gone(source: dict[str, Any]) -> dict[str, Any]:
+    """`gone`: whether check-sources found the page no longer shows the image (a page back again has
+    gone_since null)."""
+    return {**source, "gone": bool(source.get("gone_since"))}
 
 
 def _unique(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

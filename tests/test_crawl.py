@@ -205,3 +205,26 @@ def test_one_image_in_flight_at_a_time_still_crawls_everything(sites, crawl_env,
         from index_setup.indices import delete_indices
 
         delete_indices(es, alias)
+
+
+def test_pages_waiting_together_for_robots_txt_all_obey_it(crawl_env, tmp_path, es, index_alias):
+    """Scrapy 2.19's robots.txt middleware hands the rules to the first waiting request only; the others were let
+    through. Many listed pages on one new host all wait at once: none under the disallowed path may be fetched."""
+    alias = f"{index_alias}-robots"
+    routes = {"/robots.txt": Route(b"User-agent: *\nDisallow: /private/\n", "text/plain", delay=0.5)}
+    for n in range(6):
+        routes[f"/open/{n}.html"] = page(f"Open {n}", "")
+        routes[f"/private/{n}.html"] = page(f"Private {n}", "")
+    with SiteServer(routes) as site:
+        urls = tmp_path / "pages.txt"
+        urls.write_text("".join(f"{site.url}/{kind}/{n}.html\n" for n in range(6) for kind in ("private", "open")))
+        try:
+            stats = crawl({**crawl_env, "IMGSEARCH_INDEX": alias}, tmp_path, "--urls-file", str(urls))
+        finally:
+            from index_setup.indices import delete_indices
+
+            delete_indices(es, alias)
+        assert site.fetched("/private/") == 0
+        assert site.fetched("/open/") == 6
+        assert site.requests["/robots.txt"] == 1
+    assert stats["imgsearch/find/failed/robots_disallowed"] == 6

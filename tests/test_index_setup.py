@@ -9,6 +9,7 @@ from index_setup.indices import (
     IndexConflict,
     IndexMissing,
     IndexOutdated,
+    delete_indices,
     ensure_indices,
     index_info,
     require_indices,
@@ -83,7 +84,7 @@ def test_conflicting_index_is_refused_untouched(es, index_alias):
     before = es.indices.get(index=alias).body
     try:
         with pytest.raises(IndexConflict) as excinfo:
-            ensure_indices(es, alias)
+            ensure_indices(es, alias, dims=512)
         message = str(excinfo.value)
         assert "image_embedding: dims 256, expected 512" in message
         assert "width: type keyword, expected integer" in message
@@ -210,3 +211,40 @@ def test_a_failed_upgrade_leaves_the_old_index_in_use_and_writable(es, index_ali
     finally:
         for name in (alias, sources_alias(alias), urls_alias(alias)):
             es.indices.delete(index=f"{name}-v1,{name}-v2", ignore_unavailable=True)
+
+
+def test_fields_new_in_the_current_schema_are_added_in_place(es, index_alias):
+    alias = f"{index_alias}-additive"
+    mapping = image_mapping(512, "m")
+    del mapping["properties"]["thumbnail_path"]
+    es.indices.create(index=concrete_name(alias), mappings=mapping, aliases={alias: {"is_write_index": True}})
+    try:
+        es.index(index=alias, id="a", document={"image_id": "a"}, refresh=True)
+        assert ensure_indices(es, alias, model="m")[alias] == "exists"
+        props = es.indices.get_mapping(index=alias).body[concrete_name(alias)]["mappings"]["properties"]
+        assert props["thumbnail_path"] == {"type": "keyword"}
+        assert es.get(index=alias, id="a")["_source"] == {"image_id": "a"}
+    finally:
+        delete_indices(es, alias)
+
+
+def test_an_index_of_other_dims_is_used_as_it_is_when_no_dims_are_asked(es, index_alias):
+    alias = f"{index_alias}-dims"
+    try:
+        ensure_indices(es, alias, dims=256, model="m256")
+        assert ensure_indices(es, alias, model="m256")[alias] == "exists"
+        with pytest.raises(IndexConflict, match="dims 256, expected 512"):
+            ensure_indices(es, alias, dims=512, model="m256")
+    finally:
+        delete_indices(es, alias)
+
+
+def test_index_info_counts_images_not_their_nested_crop_hashes(es, index_alias):
+    alias = f"{index_alias}-count"
+    try:
+        ensure_indices(es, alias, model="m")
+        crops = [{"crop": f"c{i}", "hash": "00000000ffffffff"} for i in range(16)]
+        es.index(index=alias, id="a", document={"image_id": "a", "phash_crops": crops}, refresh=True)
+        assert index_info(es, alias)[0]["docs"] == 1
+    finally:
+        delete_indices(es, alias)

@@ -373,7 +373,8 @@ def test_source_action_ids_are_stable_and_its_upsert_holds_first_seen():
     assert upsert == {"image_id": image_id, "image_url": item["image_url"], "page_url": item["page_url"],
                       "page_title": "Gallery", "alt_text": "a cat", "domain": "www.example.org",
                       "first_seen": T1, "last_seen": T1}
-    assert doc == {"image_id": image_id, "page_title": "New", "alt_text": "a cat", "last_seen": T2}
+    assert doc == {"image_id": image_id, "page_title": "New", "alt_text": "a cat", "last_seen": T2,
+                   "gone_since": None, "gone_reason": None}
     assert "first_seen" not in doc
 
 
