@@ -60,6 +60,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter, ImageFont  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
+
 KINDS = ("photo", "document", "diagram", "chart", "ui")
 EDITS = ("resize_50", "jpeg_q30", "grayscale", "crop_5", "crop_10", "crop_90_random")
 EDIT_LABELS = {"resize_50": "resize 50 %", "jpeg_q30": "JPEG q30", "grayscale": "grayscale",
@@ -818,14 +820,6 @@ def print_report(records: list[Record], near_bits: int) -> None:
 
 
 # -- main -------------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def choose_models(settings: Any, force_standin: bool) -> tuple[dict[str, str], str]:

@@ -54,6 +54,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
+
 # Image sizes cycled through: 1.2-1.9 MP, landscape and portrait, as phone and camera pictures come.
 SIZES = ((1280, 960), (1600, 1200), (1440, 1080), (960, 1280), (1600, 1067), (1200, 1600), (1536, 1024))
 QUALITY = 88
@@ -115,14 +117,6 @@ def site_routes(paths: list[Path], pages: int) -> dict:
 
 
 # -- measuring ----------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _machine_busy_seconds() -> float | None:

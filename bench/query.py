@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from elasticsearch import Elasticsearch, helpers
+from machine import cpu_model  # bench/machine.py, beside this script
 
 from crawler.config import load_settings
 from index_setup.client import es_client
@@ -267,15 +268,6 @@ def print_table(title: str, rows: list[Row], k: int, queries: int) -> None:
 
 # ---------------------------------------------------------------------------------------------- main
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _floats(text: str) -> list[float]:

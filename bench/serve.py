@@ -49,6 +49,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
+
 DOMAINS = 10
 CROPS = 15
 QUERY_IMAGES = 40
@@ -234,14 +236,6 @@ def report(title: str, samples: list[Sample], wall: float) -> None:
               f"{rest_p50:>8.1f} ms = {rest_p50 / p50:.1%}")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # -- main ------------------------------------------------------------------------------------------------------

@@ -35,19 +35,13 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.machine import cpu_model  # noqa: E402
+
 DIMS = 512
 CROPS = 16
 RAW_FLOAT_BYTES = DIMS * 4  # a float32 vector, what the .vec file keeps of each image
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def unit_vectors(rng: np.random.Generator, centres: np.ndarray, count: int) -> np.ndarray:

@@ -16,7 +16,8 @@ import uuid
 import pytest
 
 from crawler.sample_site import SiteServer
-from tests.test_frontier import Gate, Workers, gallery, html_requests, redis_url, run_cli, wait_for, worker_env
+from tests.test_frontier import Gate, Workers, gallery, html_requests, redis_url, run_cli, worker_env
+from tests.waiting import wait_for
 
 __all__ = ["redis_url"]  # a fixture, used here
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
+from tests.waiting import wait_for
 
 pytest.importorskip("scrapy_redis", reason="the [distributed] extra (scrapy-redis) is not installed")
 
@@ -29,15 +30,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
-    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

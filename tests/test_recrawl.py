@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,18 +16,11 @@ from index_setup.indices import delete_indices
 from index_setup.mappings import sources_alias, urls_alias
 from query import Searcher
 from tests.test_crawl import crawl
+from tests.waiting import wait_for
 
 JPEG = "image/jpeg"
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

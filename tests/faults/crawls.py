@@ -88,14 +88,6 @@ def run_crawl(env: dict[str, str], workdir: Path, *args: str, timeout: float = 2
     return Crawl(list(args), env, workdir).wait(timeout)
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def count(es, index: str) -> int:

@@ -19,10 +19,11 @@ import pytest
 
 from crawler.sample_site import SiteServer
 from index_setup.mappings import sources_alias, urls_alias
-from tests.faults.crawls import Crawl, all_ids, count, wait_for
+from tests.faults.crawls import Crawl, all_ids, count
 from tests.faults.es_proxy import ClusterProxy
 from tests.test_indexing import Reply
 from tests.test_recrawl import gallery_site
+from tests.waiting import wait_for
 
 PAGES, PER_PAGE, SHARED = 6, 8, 1
 IMAGES = PAGES * PER_PAGE + SHARED  # 49 distinct images

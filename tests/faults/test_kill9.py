@@ -7,9 +7,10 @@ import random
 
 from crawler.sample_site import SiteServer
 from index_setup.mappings import sources_alias, urls_alias
-from tests.faults.crawls import Crawl, count, wait_for
+from tests.faults.crawls import Crawl, count
 from tests.faults.test_elasticsearch import downloaded
 from tests.test_recrawl import gallery_site
+from tests.waiting import wait_for
 
 SEED = 20260809
 PAGES, PER_PAGE, SHARED = 12, 6, 2
