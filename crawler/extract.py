@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from lxml import etree
@@ -209,6 +210,14 @@ def blocking_directive(values: Iterable[str], bot: str = BOT_NAME) -> str | None
     """The first of noai / noimageai / noimageindex among the directives for `bot`, or None."""
     found = robots_directives(values, bot)
     return next((d for d in sorted(NO_IMAGE_INDEX) if d in found), None)
+
+
+def noai_exempt(settings: Any, url: str) -> bool:
+    """Whether noai / noimageai / noimageindex are ignored for this URL's site: its owner indexing it
+    (IMGSEARCH_NOAI_EXEMPT_DOMAINS, comma-separated, subdomains included)."""
+    host = (urlsplit(url).hostname or "").lower()
+    exempt = [d.strip().lower() for d in settings.getlist("IMGSEARCH_NOAI_EXEMPT_DOMAINS") if d.strip()]
+    return any(host == d or host.endswith("." + d) for d in exempt)
 
 
 def page_directive_values(response: TextResponse) -> list[str]:

@@ -33,8 +33,7 @@ from scrapy.pipelines.files import FilesPipeline, FSFilesStore
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer
 
-from crawler.extract import NO_IMAGE_INDEX, blocking_directive
-from crawler.spiders import noai_exempt
+from crawler.extract import NO_IMAGE_INDEX, blocking_directive, noai_exempt
 from pipelines import imaging, phash
 from pipelines.batching import Batcher
 from pipelines.indexing import url_id

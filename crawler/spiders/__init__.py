@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.http import Response, TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 from twisted.python.failure import Failure
 
-from crawler.extract import blocking_directive, extract_images, page_directive_values, page_title
+from crawler.extract import blocking_directive, extract_images, noai_exempt, page_directive_values, page_title
 from crawler.items import ImageItem
 from crawler.jobstate import KEY, page_done
 
@@ -24,14 +23,6 @@ def image_items(response: Response) -> Iterator[ImageItem]:
     for found in extract_images(response):
         yield ImageItem(page_url=response.url, page_title=title, alt_text=found.alt_text,
                         image_url=found.image_url)
-
-
-def noai_exempt(settings: Any, url: str) -> bool:
-    """Whether noai / noimageai / noimageindex are to be ignored for this URL's site (an owner indexing their own
-    site: IMGSEARCH_NOAI_EXEMPT_DOMAINS)."""
-    host = (urlsplit(url).hostname or "").lower()
-    exempt = split_arg(settings.get("IMGSEARCH_NOAI_EXEMPT_DOMAINS"))
-    return any(host == d.lower() or host.endswith("." + d.lower()) for d in exempt)
 
 
 def split_arg(value: Any) -> list[str]:
