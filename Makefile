@@ -9,10 +9,12 @@ BIN = $(VENV)/bin
 demo: setup
 	$(BIN)/imgsearch demo
 
-# The tests, against a real Elasticsearch node that they start themselves.
+# The tests, against a real Elasticsearch node that they start themselves; screenshots of the browser tests go
+# to artifacts/ (ignored by git).
 test: setup
+	scripts/test-system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	IMGSEARCH_TEST_ARTIFACTS=$${IMGSEARCH_TEST_ARTIFACTS:-$(CURDIR)/artifacts} $(BIN)/python -m pytest
 
 # PyTorch comes from PyPI with its CUDA libraries (about 6 GB, a few minutes from a cold cache); a GPU is
 # used when present, the CPU otherwise.

@@ -38,7 +38,7 @@ def free_port() -> int:
 def tool(name: str) -> str:
     path = BIN / name if (BIN / name).exists() else shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+        pytest.fail(f"{name} is not installed (pip install -e '.[dev]')", pytrace=False)
     return str(path)
 
 
