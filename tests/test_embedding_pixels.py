@@ -115,3 +115,14 @@ def test_two_batches_at_once_give_the_same_vectors(standin_models):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         halves = list(pool.map(embedder.embed_images, [images[:7], images[7:]]))
     assert np.allclose(np.concatenate(halves), reference, atol=1e-5)
+
+
+def test_strips_are_resized_on_the_crop_only_and_still_match_the_processor(embedder):
+    processor = embedder.load_image_model()[0].processor.image_processor
+    strips = probe_images(sizes=[(40, 2000), (3000, 60), (230, 1200)])
+    expected = processor(images=strips, return_tensors="pt")["pixel_values"]
+    pixels = prepare_pixels(strips, embedder.pixel_recipe)
+    assert pixels.shape == expected.shape
+    # Pillow rounds the box resize a level apart here and there; nothing more.
+    assert float((pixels - expected).abs().mean()) < 5e-3  # a third of one level (1/255 is 0.015 here)
+    assert float((pixels - expected).abs().max()) < 0.2
