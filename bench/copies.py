@@ -10,7 +10,7 @@ functions (``imaging.load_image`` -> ``phash.image_hashes`` / ``document_fields`
 ``indexing.image_actions`` / ``source_action`` -> ``send_actions``) into two scratch indices created by
 ``ensure_indices`` with the same mapping:
 
-  multi-crop   the product's documents: 16 hashes per image (the whole image and 15 crops);
+  multi-crop   the product's documents: 20 hashes per image (the whole image and 19 crops);
   single-hash  the same documents, but ``phash_crops`` holds only the whole-image hash.
 
 Each image then gets six edited copies, each re-encoded as JPEG (q85 unless said otherwise): resized to 50 %,
@@ -23,7 +23,7 @@ Elasticsearch -- the share whose query hash is within --near-bits of a stored ha
 hashes allow and what the search returned can be told apart. Then the same by image kind, the false near labels in
 detail, how many unedited originals already lie within --near-bits of another original, and a threshold sweep
 computed from the hashes alone (source found / another image within N bits, for N = 4..12), and the timings:
-``image_hashes`` per image (16 hashes) against the whole-image hash alone, and ``search_image`` wall time.
+``image_hashes`` per image (20 hashes) against the whole-image hash alone, and ``search_image`` wall time.
 
 With the stand-in models (random weights: used when the configured CLIP cannot be loaded, or with --standin) the
 semantic channel says nothing about CLIP (a random network still maps a copy close to its source, so it sometimes
@@ -630,7 +630,7 @@ def popcount(values: np.ndarray) -> np.ndarray:
 
 
 def stored_matrix(sources: list[Source]) -> np.ndarray:
-    """(images, 16) stored hashes; an image with fewer (too small to crop) repeats its whole-image hash."""
+    """(images, hashes per image) stored hashes; an image with fewer (too small to crop) repeats its whole hash."""
     width = max(len(s.hashes) for s in sources)
     return np.array([s.hashes + [s.hashes[0]] * (width - len(s.hashes)) for s in sources], dtype=np.uint64)
 
@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(records, near_bits)
         print_sweep(records, sources, near_bits)
         print("\nTimings (ms, this machine, shared)")
-        print(f"  load_image (source): mean {np.mean(timings.decode_ms):.1f}; image_hashes, 16 hashes: mean "
+        print(f"  load_image (source): mean {np.mean(timings.decode_ms):.1f}; image_hashes, all hashes: mean "
               f"{np.mean(timings.hash16_ms):.2f}, p95 {pct(timings.hash16_ms, 95):.2f}; whole-image hash only "
               f"(query_hash): mean {np.mean(timings.hash1_ms):.2f} at indexing, {np.mean(qhash_ms):.2f} on copies; "
               f"embedding {timings.embed_s / len(sources) * 1000:.1f} per image")

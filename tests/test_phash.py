@@ -147,13 +147,13 @@ def best_distance(query: Image.Image, hashes: tuple[PerceptualHash, ...]) -> int
     return min(hamming(q, h.bits) for h in hashes)
 
 
-def test_normal_image_has_sixteen_hashes_whole_first():
+def test_normal_image_has_twenty_hashes_whole_first():
     im = pictures()[0]
     hashes = image_hashes(im)
-    assert len(CROP_NAMES) == 1 + len(CROP_SCALES) * len(ANCHORS) == 16
+    assert len(CROP_NAMES) == 1 + len(CROP_SCALES) * len(ANCHORS) + 4 == 20
     assert [h.crop for h in hashes] == list(CROP_NAMES)
     assert hashes[0].crop == WHOLE
-    assert "90_top_left" in CROP_NAMES and "80_center" in CROP_NAMES
+    assert {"90_top_left", "80_center", "90_top", "90_right"} <= set(CROP_NAMES)
     assert all(0 <= h.bits < 1 << HASH_BITS for h in hashes)
     assert len({h.bits for h in hashes}) > 1
     assert query_hash(im) == hashes[0]
@@ -166,7 +166,7 @@ def test_hashes_are_deterministic():
         image_hashes(im)[0].bits = 0
 
 
-@pytest.mark.parametrize(("size", "count"), [((40, 40), 1), ((MIN_CROP_SIDE - 1, 300), 1), ((MIN_CROP_SIDE, 300), 16)])
+@pytest.mark.parametrize(("size", "count"), [((40, 40), 1), ((MIN_CROP_SIDE - 1, 300), 1), ((MIN_CROP_SIDE, 300), 20)])
 def test_small_images_keep_the_whole_hash_only(size, count):
     im = pictures()[3].resize(size, Image.Resampling.LANCZOS)
     hashes = image_hashes(im)
@@ -188,6 +188,10 @@ def test_crop_boxes():
     assert boxes["80_top_right"] == (448 - 358, 0, 448, 269)
     assert boxes["80_bottom_left"] == (0, 336 - 269, 358, 336)
     assert boxes["80_center"] == (45, 33, 45 + 358, 33 + 269)
+    assert boxes["90_top"] == (22, 0, 22 + 403, 302)
+    assert boxes["90_bottom"] == (22, 336 - 302, 22 + 403, 336)
+    assert boxes["90_left"] == (0, 17, 403, 17 + 302)
+    assert boxes["90_right"] == (448 - 403, 17, 448, 17 + 302)
 
 
 def test_edited_copies_keep_their_whole_hash():
@@ -212,7 +216,7 @@ def test_corner_crops_match_a_stored_crop(cut):
         best.append(best_distance(copy, hashes))
         whole.append(best_distance(copy, hashes[:1]))
     recall, whole_recall = np.mean(np.array(best) <= MATCH_BITS), np.mean(np.array(whole) <= MATCH_BITS)
-    print(f"{cut:.0%} corner crop, 70 %, JPEG q75: recall {recall:.2f} with the 16 hashes, {whole_recall:.2f} "
+    print(f"{cut:.0%} corner crop, 70 %, JPEG q75: recall {recall:.2f} with all the hashes, {whole_recall:.2f} "
           f"with the whole hash only; distances {sorted(best)}")
     assert recall >= 0.9
     if cut >= 0.10:
@@ -225,9 +229,8 @@ def test_random_crops_mostly_match_a_stored_crop():
     best = [best_distance(random_crop(im, 0.90, rng), hashes) for im, hashes in pictures_and_hashes() for _ in "ab"]
     recall = np.mean(np.array(best) <= MATCH_BITS)
     print(f"random 90 % crop (2 per picture), 70 %, JPEG q75: recall {recall:.2f}; distances {sorted(best)}")
-    # Not a stored crop: the offset lands between the anchors, so this is the hardest case (0.95 measured on real
-    # website images with the same design).
-    assert recall >= 0.75
+    # Not a stored crop: the offset lands between the anchors (at most 2.5 % of a side from one), the hardest case.
+    assert recall >= 0.9
 
 
 def test_different_pictures_rarely_match():

@@ -15,6 +15,7 @@ from crawler.middlewares import retry_after_seconds
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
 from index_setup.indices import delete_indices
 from index_setup.mappings import sources_alias
+from pipelines.phash import CROP_NAMES
 from tests.test_crawl import crawl
 
 JPEG = "image/jpeg"
@@ -134,6 +135,6 @@ def test_avif_and_heic_are_indexed_and_kept_as_they_came(crawl_settings_env, ind
             assert (store / doc["relative_path"]).read_bytes() == files[name], "the original is kept untouched"
             with Image.open(store / doc["thumbnail_path"]) as thumb:
                 assert thumb.format == "JPEG" and max(thumb.size) <= 256
-            assert len(doc["phash_crops"]) == 16
+            assert len(doc["phash_crops"]) == len(CROP_NAMES)
     finally:
         delete_indices(es, alias)
