@@ -42,12 +42,27 @@ def _check_cluster(client, settings) -> dict:
         raise CliError(str(exc)) from exc
 
 
-def _local_node(settings, args: argparse.Namespace | None = None):
+def _local_node(settings, args: argparse.Namespace | None = None, *, secure: bool = False):
     from index_setup.local_node import LocalNode
 
     port = getattr(args, "port", None) or settings.getint("IMGSEARCH_ES_PORT")
     return LocalNode(settings.get("IMGSEARCH_CACHE_DIR"), port=port, heap=settings.get("IMGSEARCH_ES_HEAP"),
-                     distribution=getattr(args, "distribution", None))
+                     distribution=getattr(args, "distribution", None), secure=secure)
+
+
+def _secure_local_port(settings) -> int | None:
+    """The port of the secure local node when ES_URL is the URL that `es start --secure` printed for it, so that
+    `es start --secure` and `es stop` keep working in a shell that took those settings."""
+    from urllib.parse import urlsplit
+
+    from index_setup.local_node import LocalNode
+
+    url = str(settings.get("ES_URL") or "").strip().rstrip("/")
+    port = urlsplit(url).port if url.startswith("https://") and "," not in url else None
+    if port is None:
+        return None
+    credentials = LocalNode(settings.get("IMGSEARCH_CACHE_DIR"), port=port).credentials()
+    return port if credentials is not None and credentials.url == url else None
 
 
 def ensure_local_node(settings) -> str:
@@ -69,6 +84,8 @@ def cmd_es_start(args: argparse.Namespace) -> int:
     from index_setup.local_node import NodeError
 
     settings = _settings(args, IMGSEARCH_ES_PORT=args.port)
+    if args.secure:
+        return _start_secure(settings, args)
     if settings.get("ES_URL"):
         info = _check_cluster(_client(settings), settings)
         print(f"Using the cluster at {display_url(settings)} (ES_URL): Elasticsearch {info['version']}, "
@@ -88,6 +105,36 @@ def cmd_es_start(args: argparse.Namespace) -> int:
         return 0
     print(f"Elasticsearch {status.version} at {status.url}, health {status.health} "
           f"(pid {status.pid}, {time.monotonic() - started:.1f} s; files in {node.node_dir})")
+    return 0
+
+
+def _start_secure(settings, args: argparse.Namespace) -> int:
+    """Start (or reuse) the local node with security on; print the settings to reach it as NAME=value lines
+    (everything else as # comments), so that a shell can eval or source the output."""
+    from index_setup.client import display_url
+    from index_setup.local_node import NodeError
+
+    if args.nodes is not None and args.nodes > 1:
+        raise CliError("--secure starts a single node: leave out --nodes")
+    if settings.get("ES_URL"):
+        port = _secure_local_port(settings)
+        if port is None:
+            raise CliError(f"ES_URL names a cluster ({display_url(settings)}) and --secure starts a local node: "
+                           f"unset ES_URL to start one")
+        args.port = args.port or port
+    node = _local_node(settings, args, secure=True)
+    started = time.monotonic()
+    try:
+        status = node.start()
+    except NodeError as exc:
+        raise CliError(str(exc)) from exc
+    credentials = node.credentials()
+    if credentials is None:
+        raise CliError(f"the node at {status.url} started without its credentials file {node.credentials_file}")
+    print(f"# Elasticsearch {status.version} at {status.url}, health {status.health} (pid {status.pid}, "
+          f"{time.monotonic() - started:.1f} s; files in {node.node_dir}; these settings are also in "
+          f"{node.credentials_file})")
+    print("\n".join(credentials.env_lines()))
     return 0
 
 
@@ -126,8 +173,11 @@ def _print_cluster(status) -> None:
 def cmd_es_stop(args: argparse.Namespace) -> int:
     settings = _settings(args, IMGSEARCH_ES_PORT=args.port)
     if settings.get("ES_URL"):
-        print("ES_URL is set: that cluster is not managed here; nothing stopped.")
-        return 0
+        port = _secure_local_port(settings)
+        if port is None:
+            print("ES_URL is set: that cluster is not managed here; nothing stopped.")
+            return 0
+        args.port = args.port or port
     cluster = _local_cluster(settings, args)
     if cluster is not None:
         stopped = cluster.stop()
@@ -441,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--distribution", metavar="PATH",
                              help="an official Elasticsearch 8.x archive (.tar.gz/.zip) or unpacked folder "
                                   "to run instead of the pinned download")
+            sub.add_argument("--secure", action="store_true",
+                             help="one node with security on: https with a CA of its own and a user with a "
+                                  "generated password (both kept and reused); prints ES_URL, ES_USERNAME, "
+                                  "ES_PASSWORD and ES_CA_CERTS as NAME=value lines to eval or source")
         sub.set_defaults(func=func)
 
     index = commands.add_parser("index", help="the image, sources and urls indices").add_subparsers(

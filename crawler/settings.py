@@ -78,6 +78,9 @@ ES_USERNAME = None
 ES_PASSWORD = None
 # CA bundle that signed the cluster's certificate, for https ES_URL.
 ES_CA_CERTS = None
+# Check the cluster's TLS certificate (against ES_CA_CERTS, else the system's CAs). false turns the check off for
+# a throwaway cluster, never silently: every client built so warns.
+ES_VERIFY_CERTS = True
 # Seconds to wait for one Elasticsearch request.
 ES_REQUEST_TIMEOUT = 30
 # HTTP port of the local node started by `imgsearch es start`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -65,6 +66,11 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["basic_auth"] = (settings.get("ES_USERNAME"), settings.get("ES_PASSWORD") or "")
     if settings.get("ES_CA_CERTS"):
         options["ca_certs"] = settings.get("ES_CA_CERTS")
+    if not settings.getbool("ES_VERIFY_CERTS", True):
+        # Our warning, once per client, replaces the transport's and urllib3's (one per connection or request).
+        options.update(verify_certs=False, ssl_show_warn=False)
+        logger.warning("ES_VERIFY_CERTS=false: the TLS certificate of Elasticsearch at %s is not checked; anyone "
+                       "on the way can read and change the traffic, credentials included", display_url(settings))
     return options
 
 
@@ -83,6 +89,9 @@ def describe_error(exc: BaseException, settings: Settings) -> str:
         text = f"Elasticsearch at {where} refused the credentials (401): check ES_API_KEY or ES_USERNAME/ES_PASSWORD"
     elif isinstance(exc, elasticsearch.AuthorizationException):
         text = f"Elasticsearch at {where} denied the request (403): the user lacks a privilege"
+    elif isinstance(exc, elastic_transport.TlsError) and settings.get("ES_CA_CERTS") and not os.path.isfile(
+            settings.get("ES_CA_CERTS")):
+        text = f"TLS to Elasticsearch at {where} failed: ES_CA_CERTS names no file ({settings.get('ES_CA_CERTS')})"
     elif isinstance(exc, elastic_transport.TlsError):
         text = (f"TLS to Elasticsearch at {where} failed: the certificate is not trusted "
                 f"(set ES_CA_CERTS to the CA that signed it)")

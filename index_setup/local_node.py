@@ -8,17 +8,26 @@ an official full 8.x archive or unpacked folder.
 
 `LocalCluster` runs several such nodes on loopback as one cluster (consecutive HTTP ports, transport ports 100
 above them, one data folder per node), for trying a cluster setup and for tests.
+
+A single node can also run with security on (``secure=True``): TLS on HTTP with a certificate from a CA of its
+own (both made with the distribution's ``elasticsearch-certutil``) and a file-realm user with a generated
+password (``elasticsearch-users``). The CA and the credentials are kept under ``cache_dir/elasticsearch/
+security-<port>`` and reused by every later start.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import tarfile
 import time
@@ -45,6 +54,13 @@ CLUSTER_NAME = "imgsearch-local"
 # The node refuses to run as root; as root we run it as this user, which every Linux system has.
 UNPRIVILEGED_USER = "nobody"
 MIN_JAVA = 17
+# The file-realm user of a secure local node. superuser: the node is the caller's own, and every command
+# (index creation, aliases, write blocks, scans, deletes) must work against it.
+SECURE_USERNAME = "imgsearch"
+SECURE_ROLE = "superuser"
+# Where the node's own certificate, key and CA copy live, relative to its config folder (where the node
+# resolves relative certificate paths).
+NODE_CERTS = "certs"
 
 
 class NodeError(Exception):
@@ -74,6 +90,34 @@ class ClusterStatus:
     @property
     def running(self) -> list[NodeStatus]:
         return [n for n in self.nodes if n.running]
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """How to reach a secure local node: the values of ES_URL, ES_USERNAME, ES_PASSWORD and ES_CA_CERTS."""
+
+    url: str
+    username: str
+    password: str
+    ca_certs: str
+
+    def env_lines(self) -> list[str]:
+        """NAME=value lines that a shell can source or eval (values quoted where a shell needs it)."""
+        values = {"ES_URL": self.url, "ES_USERNAME": self.username, "ES_PASSWORD": self.password,
+                  "ES_CA_CERTS": self.ca_certs}
+        return [f"{name}={shlex.quote(value)}" for name, value in values.items()]
+
+    @classmethod
+    def parse(cls, text: str) -> NodeCredentials | None:
+        values = {}
+        for line in text.splitlines():
+            name, sep, value = line.partition("=")
+            if sep and not name.startswith("#"):
+                values[name.strip()] = "".join(shlex.split(value))
+        try:
+            return cls(values["ES_URL"], values["ES_USERNAME"], values["ES_PASSWORD"], values["ES_CA_CERTS"])
+        except KeyError:
+            return None
 
 
 def maven_url(version: str = ES_VERSION) -> str:
@@ -194,13 +238,28 @@ def java_major(java_home: str) -> int:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def http_json(url: str, timeout: float = 5.0) -> dict | None:
-    """GET a JSON document from the local node, None when nothing answers (the node is plain HTTP)."""
+def http_json(url: str, timeout: float = 5.0, credentials: NodeCredentials | None = None) -> dict | None:
+    """GET a JSON document from the local node, None when nothing answers (or answers with an error). With
+    credentials, over https trusting only their CA, with their user."""
+    request = urllib.request.Request(url)
+    context = None
+    if credentials is not None:
+        token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        context = ssl.create_default_context(cafile=credentials.ca_certs)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
         return None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only, never (even briefly) by anyone else."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # the file may have existed with a wider mode
+        f.write(data)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -222,16 +281,23 @@ class LocalNode:
     With ``cluster_ports`` (the HTTP ports of every member, this one included) it is a member of a local cluster
     instead: its files live under ``cache_dir/elasticsearch/cluster-<first port>/node-<port>``, and it finds the
     others on their transport ports (HTTP port + 100).
+
+    ``secure`` is how `start` runs the node: with security on (https, a password) or off. `status` and `stop`
+    follow the way the node was last started, whatever ``secure`` says.
     """
 
     def __init__(self, cache_dir: str | Path, *, port: int = 9200, heap: str = "1g",
-                 distribution: str | Path | None = None, cluster_ports: Sequence[int] = ()) -> None:
+                 distribution: str | Path | None = None, cluster_ports: Sequence[int] = (),
+                 secure: bool = False) -> None:
         self.cache_dir = Path(cache_dir)
         self.port = int(port)
         self.heap = heap
         self.distribution = Path(distribution) if distribution else None
         self.base = self.cache_dir / "elasticsearch"
         self.cluster_ports = tuple(int(p) for p in cluster_ports) if len(cluster_ports) > 1 else ()
+        if secure and self.cluster_ports:
+            raise ValueError("security is set up for a single local node, not for a member of a local cluster")
+        self.secure = secure
         if self.cluster_ports:
             if self.port not in self.cluster_ports:
                 raise ValueError(f"port {self.port} is not one of the cluster's ports {self.cluster_ports}")
@@ -242,19 +308,33 @@ class LocalNode:
             self.cluster_name = CLUSTER_NAME
             self.node_dir = self.base / f"node-{self.port}"
         self.pid_file = self.node_dir / "es.pid"
+        # Kept outside node_dir, which belongs to the node's (unprivileged) user when we are root: the CA key
+        # and the password stay readable by the caller only.
+        self.security_dir = self.base / f"security-{self.port}"
+        self.credentials_file = self.security_dir / "credentials.env"
+        self.ca_cert = self.security_dir / "ca.crt"
+        self._ca_key = self.security_dir / "ca.key"
+        self._runs_secure = self._configured_secure()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._runs_secure else 'http'}://127.0.0.1:{self.port}"
+
+    def credentials(self) -> NodeCredentials | None:
+        """How to reach this node when it was started secure (None when it never was)."""
+        try:
+            return NodeCredentials.parse(self.credentials_file.read_text())
+        except OSError:
+            return None
 
     # -- public ------------------------------------------------------------------------------------------------
     def status(self) -> NodeStatus:
         pid = self._read_pid()
         running = pid is not None and _pid_alive(pid)
-        health = http_json(f"{self.url}/_cluster/health") if running else None
+        health = self._get("/_cluster/health") if running else None
         version = None
         if health:
-            nodes = http_json(f"{self.url}/_nodes/_local?filter_path=nodes.*.version") or {}
+            nodes = self._get("/_nodes/_local?filter_path=nodes.*.version") or {}
             versions = [n.get("version") for n in nodes.get("nodes", {}).values()]
             version = versions[0] if versions else None
         return NodeStatus(self.url, pid if running else None, running,
@@ -263,24 +343,29 @@ class LocalNode:
     def start(self, timeout: float = 180.0) -> NodeStatus:
         """Start the node (or reuse the running one) and return once its cluster is yellow or green."""
         current = self.status()
+        if current.running and self._runs_secure != self.secure:
+            now, wanted = ("on", "off") if self._runs_secure else ("off", "on")
+            raise NodeError(f"the local node at {self.url} (pid {current.pid}) runs with security {now}; stop it "
+                            f"(imgsearch es stop --port {self.port}) to start it with security {wanted}")
         if current.running and current.health in ("green", "yellow"):
             logger.info("Elasticsearch is already running at %s (pid %s)", self.url, current.pid)
             return current
         if current.running:
             return self._wait_healthy(current.pid, timeout)
-        if http_json(f"{self.url}/_cluster/health", timeout=2) is not None:
+        plain_url = f"http://127.0.0.1:{self.port}"
+        if http_json(f"{plain_url}/_cluster/health", timeout=2) is not None:
             raise NodeError(f"port {self.port} already answers as an Elasticsearch this command did not start; "
-                            f"use it with ES_URL={self.url}, or pick another port")
+                            f"use it with ES_URL={plain_url}, or pick another port")
         home = self._home()
         java_home = find_java(home)
         if java_home is not None and java_major(java_home) < MIN_JAVA:
             raise NodeError(f"{java_home} is Java {java_major(java_home)}; Elasticsearch 8 needs Java "
                             f"{MIN_JAVA}+ (set ES_JAVA_HOME to one)")
-        self._write_config(home)
         env = {**os.environ, "ES_PATH_CONF": str(self.node_dir / "config")}
         env.pop("ES_JAVA_OPTS", None)
         if java_home is not None:
             env["ES_JAVA_HOME"] = java_home
+        self._write_config(home, env)
         self.pid_file.unlink(missing_ok=True)
         cmd = [str(home / "bin" / "elasticsearch"), "-d", "-p", str(self.pid_file)]
         out_path = self.node_dir / "logs" / "launcher.out"
@@ -343,12 +428,14 @@ class LocalNode:
         stamp.write_text(str(home))
         return home
 
-    def _write_config(self, home: Path) -> None:
+    def _write_config(self, home: Path, tool_env: dict[str, str]) -> None:
         config = self.node_dir / "config"
         if not config.exists():
             shutil.copytree(home / "config", config)
         for sub in ("data", "logs", "tmp"):
             (self.node_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self._set_up_security(home, tool_env)
         lines = [
             f"cluster.name: {self.cluster_name}",
             f"node.name: node-{self.port}",
@@ -358,8 +445,7 @@ class LocalNode:
             f"http.port: {self.port}",
             f"transport.port: {self.port + 100}",
             *self._discovery_config(),
-            # A throwaway node on loopback: no TLS or passwords (ES_URL points at a secured cluster).
-            "xpack.security.enabled: false",
+            *self._security_config(),
             # A laptop disk that is 90 % full must not turn the indices read-only.
             "cluster.routing.allocation.disk.threshold_enabled: false",
             "action.destructive_requires_name: true",
@@ -367,6 +453,7 @@ class LocalNode:
         if (home / "modules" / "x-pack-ml").exists():  # the full distribution; ML needs more than we give it
             lines.append("xpack.ml.enabled: false")
         (config / "elasticsearch.yml").write_text("\n".join(lines) + "\n")
+        self._runs_secure = self.secure
         (config / "jvm.options.d").mkdir(exist_ok=True)
         (config / "jvm.options.d" / "imgsearch.options").write_text(
             f"-Xms{self.heap}\n-Xmx{self.heap}\n-Djava.io.tmpdir={self.node_dir / 'tmp'}\n")
@@ -384,6 +471,89 @@ class LocalNode:
             masters = ", ".join(f'"node-{p}"' for p in self.cluster_ports)
             lines.append(f"cluster.initial_master_nodes: [{masters}]")
         return lines
+
+    def _security_config(self) -> list[str]:
+        if not self.secure:
+            # A throwaway node on loopback: no TLS or passwords (`secure` for both).
+            return ["xpack.security.enabled: false"]
+        return [
+            "xpack.security.enabled: true",
+            "xpack.security.http.ssl.enabled: true",
+            f"xpack.security.http.ssl.certificate: {NODE_CERTS}/node.crt",
+            f"xpack.security.http.ssl.key: {NODE_CERTS}/node.key",
+            f"xpack.security.http.ssl.certificate_authorities: {NODE_CERTS}/ca.crt",
+            # A single node talks to no other: its transport port (loopback only) carries no cluster traffic.
+            "xpack.security.transport.ssl.enabled: false",
+        ]
+
+    def _configured_secure(self) -> bool:
+        """Whether the node was last started with security on (its config says so)."""
+        try:
+            lines = (self.node_dir / "config" / "elasticsearch.yml").read_text().splitlines()
+        except OSError:
+            return False
+        return "xpack.security.enabled: true" in lines
+
+    def _set_up_security(self, home: Path, tool_env: dict[str, str]) -> None:
+        """Make (once) the CA, the node's certificate and the user with its password; later starts reuse them."""
+        self.security_dir.mkdir(parents=True, exist_ok=True)
+        self.security_dir.chmod(0o700)
+        certs = self.node_dir / "config" / NODE_CERTS
+        certs.mkdir(exist_ok=True)
+        if not (self.ca_cert.exists() and self._ca_key.exists()):
+            files = self._certutil(home, tool_env, ["ca", "--ca-dn", f"CN=imgsearch local CA {self.port}"])
+            _write_private(self._ca_key, files["ca.key"])
+            self.ca_cert.write_bytes(files["ca.crt"])
+            self.ca_cert.chmod(0o644)
+        ca = self.ca_cert.read_bytes()
+        node_ca = certs / "ca.crt"
+        missing = not all((certs / name).exists() for name in ("node.key", "node.crt", "ca.crt"))
+        if missing or node_ca.read_bytes() != ca:  # a new CA needs a node certificate signed by it
+            files = self._certutil(home, tool_env, [
+                "cert", "--name", "node", "--ca-cert", str(self.ca_cert), "--ca-key", str(self._ca_key),
+                "--ip", "127.0.0.1,::1", "--dns", "localhost"])
+            _write_private(certs / "node.key", files["node.key"])
+            (certs / "node.crt").write_bytes(files["node.crt"])
+            node_ca.write_bytes(ca)
+        credentials = self.credentials()
+        password = credentials.password if credentials else secrets.token_urlsafe(24)
+        try:
+            users = (self.node_dir / "config" / "users").read_text().splitlines()
+        except FileNotFoundError:
+            users = []
+        known = any(line.split(":", 1)[0] == SECURE_USERNAME for line in users)
+        if credentials is None or not known:
+            # The password goes in on stdin (as the tool's prompt would read it), never on a command line.
+            command = (["passwd", SECURE_USERNAME] if known else
+                       ["useradd", SECURE_USERNAME, "--roles", SECURE_ROLE])
+            self._run_tool(home, "elasticsearch-users", command, tool_env, stdin=f"{password}\n{password}\n")
+        fresh = NodeCredentials(f"https://127.0.0.1:{self.port}", SECURE_USERNAME, password, str(self.ca_cert))
+        if fresh != credentials:
+            _write_private(self.credentials_file, ("\n".join(fresh.env_lines()) + "\n").encode())
+
+    def _certutil(self, home: Path, tool_env: dict[str, str], args: list[str]) -> dict[str, bytes]:
+        """Run elasticsearch-certutil with PEM output and return the files of the zip it writes, by name."""
+        out = self.security_dir / "certutil-out.zip"
+        out.unlink(missing_ok=True)
+        try:
+            self._run_tool(home, "elasticsearch-certutil", [*args, "--pem", "--silent", "--out", str(out)], tool_env)
+            with zipfile.ZipFile(out) as zf:
+                return {Path(name).name: zf.read(name) for name in zf.namelist() if not name.endswith("/")}
+        finally:
+            out.unlink(missing_ok=True)  # it holds a private key
+
+    def _run_tool(self, home: Path, tool: str, args: list[str], env: dict[str, str], stdin: str = "") -> None:
+        try:
+            result = subprocess.run([str(home / "bin" / tool), *args], input=stdin, env=env, capture_output=True,
+                                    text=True, timeout=180)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NodeError(f"{tool} failed: {exc}") from exc
+        if result.returncode != 0:
+            tail = " / ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+            raise NodeError(f"{tool} {args[0]} failed (exit {result.returncode}): {tail}")
+
+    def _get(self, path: str, timeout: float = 5.0) -> dict | None:
+        return http_json(f"{self.url}{path}", timeout, self.credentials() if self._runs_secure else None)
 
     def _run_as(self) -> dict:
         if os.geteuid() != 0:
@@ -428,7 +598,7 @@ class LocalNode:
         while time.monotonic() < deadline:
             if pid is not None and not _pid_alive(pid):
                 raise NodeError(f"Elasticsearch exited while starting\n{self.log_tail()}")
-            health = http_json(f"{self.url}/_cluster/health?wait_for_status=yellow&timeout=2s", timeout=5)
+            health = self._get("/_cluster/health?wait_for_status=yellow&timeout=2s", timeout=5)
             if health and health.get("status") in ("green", "yellow"):
                 return self.status()
             time.sleep(0.5)
