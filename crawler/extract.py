@@ -1,4 +1,5 @@
-"""Find the image URLs of an HTML page: the one pure extraction step the spiders call on each response.
+"""Find the image URLs of an HTML page (and the links it follows): the one pure extraction step the spiders call
+on each response.
 
 One XPath query walks the parsed page (the response's cached selector) in document order and picks up:
 
@@ -9,7 +10,8 @@ One XPath query walks the parsed page (the response's cached selector) in docume
 - `background` / `background-image` in inline `style` attributes, `url()` and `image-set()`.
 
 URLs are resolved against `<base href>`, made safe, stripped of fragments and kept only when http(s).
-Nothing is filtered by extension: the fetch stage sniffs the bytes.
+Nothing is filtered by extension: the fetch stage sniffs the bytes. `page_links` resolves `<a href>` and
+`<area href>` the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from weakref import WeakKeyDictionary
 
 from lxml import etree
 from parsel import Selector
@@ -55,6 +58,10 @@ _BASE_HREF = etree.XPath("(//base[@href])[1]/@href")
 # An SVG <title> is not the page's.
 _TITLE = etree.XPath("(//title[not(ancestor::svg)])[1]")
 _META = etree.XPath("//meta[@content]")
+_LINKS = etree.XPath("//a[@href] | //area[@href]")
+
+# Pages parsed here rather than by Scrapy (see _html_selector), each once while its response lives.
+_OWN_SELECTORS: WeakKeyDictionary[TextResponse, Selector] = WeakKeyDictionary()
 
 # Lazy loaders keep the real URL in these while src/srcset hold a placeholder, so they are read first.
 # Each tier is (srcset-like attributes, src-like attributes).
@@ -167,6 +174,25 @@ def extract_images(response: TextResponse) -> list[FoundImage]:
             for url in style_image_urls(style, resolve):
                 add(url, "")
     return [FoundImage(image_url=url, alt_text=alt) for url, alt in found.items()]
+
+
+def page_links(response: TextResponse) -> list[str]:
+    """Return the URLs of the page's `<a href>` and `<area href>` links, in document order, each once.
+
+    They are resolved as the images are (against `<base href>`, by absolute_image_url): absolute http(s) URLs
+    without fragment. Any response that is not a TextResponse gives [], and so does a page that cannot be parsed.
+    """
+    root = _root(response)
+    if root is None:
+        return []
+    base = _base_url(root, response)
+    encoding = response.encoding
+    links: dict[str, None] = {}
+    for element in _LINKS(root):
+        url = absolute_image_url(element.get("href") or "", base, encoding)
+        if url is not None:
+            links[url] = None
+    return list(links)
 
 
 def page_title(response: TextResponse) -> str:
@@ -319,16 +345,32 @@ def _root(response: TextResponse) -> etree._Element | None:
     if not isinstance(response, TextResponse):
         return None
     try:
-        selector = response.selector
-        if selector.type != "html":
-            # An XML response (XHTML sent as text/xml, a feed) is read as HTML too: namespaces and case
-            # would otherwise hide its <img>s from the queries.
-            selector = Selector(text=response.text, type="html")
-        root = selector.root
+        root = _html_selector(response).root
     except (ValueError, etree.LxmlError) as exc:
         logger.warning("Cannot parse %s for images: %s", response.url, exc)
         return None
     return root if isinstance(root, etree._Element) else None
+
+
+def _html_selector(response: TextResponse) -> Selector:
+    """The page parsed as HTML: Scrapy's cached selector when it can build one of that type, else our own."""
+    selector = _OWN_SELECTORS.get(response)
+    if selector is not None:
+        return selector
+    try:
+        selector = response.selector
+    except ValueError:
+        # Scrapy resolves the page's <base href> as it builds its selector, and raises (UnicodeEncodeError)
+        # when the href's query holds a character the page's encoding cannot encode: a byte the charset leaves
+        # undefined, or a character reference. The base is resolved here (_base_url), so the page is parsed
+        # without Scrapy's.
+        selector = None
+    if selector is None or selector.type != "html":
+        # An XML response (XHTML sent as text/xml, a feed) is read as HTML too: namespaces and case would
+        # otherwise hide its <img>s from the queries.
+        selector = Selector(text=response.text, type="html")
+        _OWN_SELECTORS[response] = selector
+    return selector
 
 
 def _base_url(root: etree._Element, response: TextResponse) -> str:

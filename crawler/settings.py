@@ -56,10 +56,18 @@ ADDONS = {
 }
 # Before Scrapy's RetryMiddleware (550) sees a 429 or 503: wait out its Retry-After. And Scrapy's robots.txt
 # middleware replaced by one that gives its rules to every request waiting for them (crawler/robots.py).
+# Scrapy's redirect middlewares replaced by ones that count a redirect loop and an endless chain under reasons
+# of their own; a page whose markup declares UTF-16 read as UTF-8 once decompressed (590), before its meta
+# refresh is read (580). See crawler/middlewares.py.
 DOWNLOADER_MIDDLEWARES = {
     "crawler.middlewares.RetryAfterMiddleware": 560,
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawler.robots.RobotsTxtMiddleware": 100,
+    "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
+    "crawler.middlewares.RedirectMiddleware": 600,
+    "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
+    "crawler.middlewares.MetaRefreshMiddleware": 580,
+    "crawler.middlewares.MarkupEncodingMiddleware": 585,
 }
 # One response's worth of items at a time keeps memory bounded: each item may hold a decoded image.
 CONCURRENT_ITEMS = 64

@@ -34,6 +34,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet import defer
 
 from crawler.extract import NO_IMAGE_INDEX, blocking_directive, noai_exempt
+from crawler.middlewares import RedirectNotFollowed
 from pipelines import imaging, phash
 from pipelines.batching import Batcher
 from pipelines.indexing import url_id
@@ -157,6 +158,8 @@ def thumbnail(image: Image.Image) -> bytes:
 
 def download_failure_reason(exc: BaseException) -> str:
     """A snake_case reason for a failed download (Scrapy's own exceptions, or Twisted's in older versions)."""
+    if isinstance(exc, RedirectNotFollowed):
+        return exc.reason
     if isinstance(exc, IgnoreRequest):
         return "robots_disallowed" if "robots.txt" in str(exc) else "ignored"
     by_name = {

@@ -12,6 +12,8 @@ from crawler.extract import (
     FoundImage,
     absolute_image_url,
     extract_images,
+    page_directive_values,
+    page_links,
     page_title,
     parse_srcset,
 )
@@ -511,6 +513,23 @@ def test_query_characters_outside_the_page_encoding_are_sent_as_utf8():
     assert _urls(response) == ["https://site.example/dir/a.jpg?q=%C3%A9%E4%B8%AD"]
 
 
+def test_a_base_href_the_page_encoding_cannot_encode_still_yields_images_and_links(caplog):
+    # Byte 0x81 is undefined in windows-1252: decoded as U+FFFD, which Scrapy then cannot encode back into the
+    # base URL's query, and raises building response.selector.
+    body = (b'<html><head><title>Base</title><meta name="robots" content="noimageindex">'
+            b'<base href="/g/?ref=\x81"></head><body><img src="a.jpg" alt="caf\xe9"><a href="next.html">n</a>'
+            b'<a href="q?x=\x81">q</a></body></html>')
+    response = HtmlResponse(url=PAGE_URL, body=body, headers={"Content-Type": "text/html; charset=windows-1252"})
+    assert response.encoding == "cp1252"
+    with pytest.raises(UnicodeEncodeError):
+        response.selector  # noqa: B018 the bug worked around
+    assert extract_images(response) == [FoundImage("https://site.example/g/a.jpg", "caf\u00e9")]
+    assert page_links(response) == ["https://site.example/g/next.html", "https://site.example/g/q?x=%EF%BF%BD"]
+    assert page_title(response) == "Base"
+    assert page_directive_values(response) == ["noimageindex"]
+    assert "Cannot parse" not in caplog.text
+
+
 def test_huge_attribute_values_are_fast_and_skipped():
     data_uri = "data:image/png;base64," + "A" * 5_000_000
     long_url = "https://cdn.example/" + "a" * 20_000 + ".jpg"
@@ -540,3 +559,36 @@ def test_page_title():
     assert page_title(_page("", head='<title> </title><meta property="og:title" content="OG">')) == "OG"
     assert page_title(_page('<svg><title>icon</title></svg>')) == ""
     assert page_title(_page("<p>no title</p>")) == ""
+
+
+# --- page_links -------------------------------------------------------------------------------------------
+
+
+def test_page_links_in_document_order_each_once():
+    body = (
+        '<a href="b.html">b</a><map><area href="/area.html"></map><a href="b.html#again">b</a>'
+        '<a href="https://other.example/x?q=1">x</a><a href=" \n c.html\t">c</a><a>no href</a>'
+        '<link rel="next" href="not-a-link.html"><img src="not-a-link.jpg">'
+    )
+    assert page_links(_page(body)) == [
+        "https://site.example/dir/b.html",
+        "https://site.example/area.html",
+        "https://other.example/x?q=1",
+        "https://site.example/dir/c.html",
+    ]
+
+
+def test_page_links_skip_what_is_no_http_url():
+    body = ('<a href="#top">t</a><a href="mailto:a@b.example">m</a><a href="javascript:void(0)">j</a>'
+            '<a href="ftp://files.example/">f</a><a href="">e</a><a href="http://[::1">bad</a><a href="ok.html">ok</a>')
+    assert page_links(_page(body)) == ["https://site.example/dir/ok.html"]
+
+
+def test_page_links_resolve_against_a_base_href_anywhere_in_the_page():
+    head = f"<style>{'p{}' * 2000}</style><base href=\"https://static.example/late/\">"
+    assert page_links(_page('<a href="x.html">x</a>', head=head)) == ["https://static.example/late/x.html"]
+
+
+def test_page_links_of_what_is_no_page():
+    assert page_links(Response(url=PAGE_URL, body=b'<a href="a.html">')) == []
+    assert page_links(_response(b"")) == []

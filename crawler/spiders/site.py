@@ -8,9 +8,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from scrapy.http import Response, TextResponse
-from scrapy.linkextractors import LinkExtractor
+from scrapy.linkextractors import IGNORED_EXTENSIONS
+from scrapy.utils.url import url_has_any_extension
 
+from crawler.extract import page_links
 from crawler.spiders import ImageSpider, split_arg
+
+# Links to files that are not pages (archives, documents, media: Scrapy's list) are not followed.
+NOT_PAGE_EXTENSIONS = frozenset(f".{extension}" for extension in IGNORED_EXTENSIONS)
 
 
 class SiteSpider(ImageSpider):
@@ -32,11 +37,9 @@ class SiteSpider(ImageSpider):
         self.max_pages = int(max_pages or 0)
         self.allowed_domains = split_arg(allowed_domains) or sorted(
             {urlsplit(u).hostname for u in self.start_urls if urlsplit(u).hostname})
-        allow_patterns, deny_patterns = split_arg(allow), split_arg(deny)
-        for pattern in allow_patterns + deny_patterns:
-            re.compile(pattern)  # a bad pattern fails here, with its own message, not mid-crawl
-        # Domains are matched here on the host alone: LinkExtractor's allow_domains also compares the port.
-        self.links = LinkExtractor(allow=allow_patterns, deny=deny_patterns)
+        # A bad pattern fails here, with its own message, not mid-crawl.
+        self.allow = [re.compile(pattern) for pattern in split_arg(allow)]
+        self.deny = [re.compile(pattern) for pattern in split_arg(deny)]
         self.pages_requested = len(self.start_urls)
 
     async def start(self) -> Any:
@@ -44,17 +47,30 @@ class SiteSpider(ImageSpider):
             yield self.page_request(url, dont_filter=True)
 
     def on_site(self, url: str) -> bool:
+        # On the host alone: Scrapy's LinkExtractor(allow_domains=...) also compares the port.
         host = (urlsplit(url).hostname or "").lower()
         return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
+
+    def follows(self, url: str) -> bool:
+        """Whether a link is followed: on the site, matching an allow pattern (if any) and no deny pattern, and
+        not to a file that is no page."""
+        if not self.on_site(url) or any(pattern.search(url) for pattern in self.deny):
+            return False
+        if self.allow and not any(pattern.search(url) for pattern in self.allow):
+            return False
+        return not url_has_any_extension(url, NOT_PAGE_EXTENSIONS)
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         yield from super().parse(response)
         if not isinstance(response, TextResponse) or response.meta.get("depth", 0) >= self.depth:
             return
-        for link in self.links.extract_links(response):
-            if not self.on_site(link.url):
+        # Links are found by crawler.extract, as the images are: Scrapy's LinkExtractor resolves <base href> only
+        # in the page's first 4096 characters, and raises when its query holds a character the page's encoding
+        # cannot encode.
+        for url in page_links(response):
+            if not self.follows(url):
                 continue
             if self.max_pages and self.pages_requested >= self.max_pages:
                 return
             self.pages_requested += 1
-            yield self.page_request(link.url)
+            yield self.page_request(url)

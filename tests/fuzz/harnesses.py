@@ -1,8 +1,9 @@
 """Fuzz targets: the page extractor and the image loader, each a function of raw bytes that raises only on a bug.
 
 - `extract`: the bytes are an HTML page (its first byte picks the charset its Content-Type header declares, or
-  none) served at a fixed URL; `crawler.extract.extract_images`, `page_title` and `page_directive_values` must
-  not raise, and every URL found must be an absolute http(s) URL without fragment, at most MAX_URL_CHARS long.
+  none) served at a fixed URL; `crawler.extract.extract_images`, `page_links`, `page_title` and
+  `page_directive_values` must not raise, and every URL found (image or link) must be an absolute http(s) URL
+  without fragment, at most MAX_URL_CHARS long.
 - `image`: `pipelines.imaging.load_image` on the bytes must return a usable image or raise ImageRejected with one
   of its reasons; anything else is a crash.
 
@@ -22,16 +23,17 @@ CHARSETS = (None, "utf-8", "iso-8859-1", "windows-1252", "shift_jis", "utf-16", 
 def extract(data: bytes) -> None:
     from scrapy.http import HtmlResponse
 
-    from crawler.extract import MAX_URL_CHARS, extract_images, page_directive_values, page_title
+    from crawler.extract import MAX_URL_CHARS, extract_images, page_directive_values, page_links, page_title
 
     charset = CHARSETS[data[0] % len(CHARSETS)] if data else None
     content_type = "text/html" + (f"; charset={charset}" if charset else "")
     response = HtmlResponse(url=PAGE_URL, body=data[1:], headers={"Content-Type": content_type})
-    for found in extract_images(response):
-        url = found.image_url
+    found_images = extract_images(response)
+    for url in [found.image_url for found in found_images] + page_links(response):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or "#" in url or len(url) > MAX_URL_CHARS:
-            raise AssertionError(f"not an absolute http(s) image URL: {url[:200]!r}")
+            raise AssertionError(f"not an absolute http(s) URL: {url[:200]!r}")
+    for found in found_images:
         if not isinstance(found.alt_text, str):
             raise AssertionError(f"alt text {found.alt_text!r}")
     if not isinstance(page_title(response), str):
