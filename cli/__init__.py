@@ -330,7 +330,9 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     from crawler.crawl import run_crawl
 
     overrides = {"FILES_STORE": args.store, "IMGSEARCH_REDIS_URL": args.redis,
-                 "IMGSEARCH_REDIS_JOIN": True if args.join else None}
+                 "IMGSEARCH_REDIS_JOIN": True if args.join else None,
+                 # On a terminal, a bar (see crawler/progress.py); elsewhere the progress log lines.
+                 "IMGSEARCH_PROGRESS_BAR": True if sys.stderr.isatty() else None}
     if args.job_dir:
         overrides["JOBDIR"] = args.job_dir
     settings = _settings(args, **overrides)
@@ -369,7 +371,10 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     if not settings.get("ES_URL"):
         ensure_local_node(settings)
     prepare_crawl(settings)
-    stats = run_crawl(settings, spider, **spider_args)
+    from cli.progress import warnings_only_on_terminal
+
+    with warnings_only_on_terminal(enabled=not args.verbose):
+        stats = run_crawl(settings, spider, **spider_args)
     print(stats.get("imgsearch/summary", "crawl ended before it started"))
     if args.stats_file:
         with open(args.stats_file, "w", encoding="utf-8") as f:
@@ -379,7 +384,9 @@ def cmd_crawl(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
+    from pathlib import Path
 
+    from cli.progress import Progress
     from index_setup.client import async_es_client
     from pipelines.indexing import replay
 
@@ -387,6 +394,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     client = _client(settings)
     _check_cluster(client, settings)
     client.close()
+    progress = Progress(f"replay {Path(args.file).name}", unit="records",
+                        interval=settings.getfloat("IMGSEARCH_PROGRESS_SECONDS"),
+                        counts=("written", "failed"))
 
     async def run():
         async_client = async_es_client(settings)
@@ -394,7 +404,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return await replay(async_client, args.file,
                                 dead_letter_dir=settings.get("IMGSEARCH_INDEX_DEAD_LETTER_DIR"),
                                 max_retries=settings.getint("IMGSEARCH_INDEX_MAX_RETRIES"),
-                                backoff=settings.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF"))
+                                backoff=settings.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF"),
+                                set_total=progress.set_total, advance=progress.update)
         finally:
             await async_client.close()
 
@@ -402,6 +413,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         written, failed, path = asyncio.run(run())
     except (OSError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        if progress.total is not None:  # known once the file is checked: sending began
+            progress.finish()
     print(f"Replayed {args.file}: {written} written, {failed} still failing" + (f" (kept in {path})" if failed else ""))
     return 1 if failed else 0
 

@@ -11,16 +11,22 @@ to stderr, leaving stdout to the command's answer (`imgsearch export -` writes t
 the ETA computed from it, cover the last half minute, so a resumed run that first skips what is done does not
 promise an ETA it cannot keep. `update` may be called from any thread; nothing here reads settings, so a crawl
 extension or `imgsearch replay` can drive it the same way.
+
+While a bar is drawn, log records written to the same terminal by a logging handler go above it: the bar's line
+is cleared, the record written and the bar drawn again below it, so neither garbles the other.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TextIO
 
 # Seconds of history behind the rate and the ETA.
@@ -55,8 +61,11 @@ def render_bar(done: int, total: int | None, width: int = BAR_WIDTH) -> str:
 
 
 def status_line(label: str, done: int, total: int | None, unit: str, rate: float | None, eta: float | None,
-                counts: dict[str, int], elapsed: float, *, bar: bool) -> str:
-    """One line of progress: label, bar (terminals), done/total and percentage, rate, ETA, named counts."""
+                counts: dict[str, int], elapsed: float, *, bar: bool, finished: bool | None = None,
+                eta_for: str = "", note: str = "") -> str:
+    """One line of progress: label, bar (terminals), done/total and percentage, rate, ETA (and what it is
+    for), named counts, note. A finished line gives the time taken instead of an ETA; `finished` None: when
+    the total is reached."""
     parts = [label]
     if bar and total:
         parts.append(render_bar(done, total))
@@ -65,22 +74,58 @@ def status_line(label: str, done: int, total: int | None, unit: str, rate: float
     else:
         parts.append(f"{done} {unit}")
     parts.append(format_rate(rate, unit))
-    if total is not None:
-        parts.append(f"ETA {format_duration(eta)}" if done < total else f"in {format_duration(elapsed)}")
+    if finished is None:
+        finished = total is not None and done >= total
+    if finished:
+        parts.append(f"in {format_duration(elapsed)}")
+    elif total is not None:
+        parts.append(f"ETA {format_duration(eta)}" + (f" {eta_for}" if eta_for else ""))
     else:
         parts.append(f"{format_duration(elapsed)} elapsed")
     line = "  ".join(parts)
     if counts:
         line += "; " + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items())
+    if note:
+        line += "; " + note
     return line
+
+
+class RateWindow:
+    """Units per second over the last `window` seconds, from (time, done) points kept at most one a second."""
+
+    def __init__(self, now: float, done: int = 0, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque([(now, done)])
+
+    def add(self, now: float, done: int) -> None:
+        """Note `done` units at `now`; points older than the window are dropped but the last of them."""
+        if now - self._samples[-1][0] >= 1.0:
+            self._samples.append((now, done))
+        while len(self._samples) > 1 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+
+    def rate(self, now: float, done: int) -> float | None:
+        """None before any time has passed."""
+        first_time, first_done = self._samples[0]
+        if now - first_time <= 0:
+            return None
+        return (done - first_done) / (now - first_time)
+
+    def eta(self, now: float, done: int, total: int | None) -> float | None:
+        """Seconds until `total` at the recent rate; None when the total or the rate is unknown, or zero."""
+        rate = self.rate(now, done)
+        return max(0, total - done) / rate if total and rate else None
 
 
 class Progress:
     """Reports how far a long command has come (see the module docstring); a context manager."""
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "items", interval: float = 10.0,
-                 stream: TextIO | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stream: TextIO | None = None, tty: bool | None = None, counts: Sequence[str] = (),
+                 eta_for: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        """`counts`: named counters shown from the start, in this order (others appear when first added);
+        `eta_for`: what the ETA is for, when the total is not the whole job (e.g. "for the images found so
+        far")."""
         self.label = label
         self.total = total
         self.unit = unit
@@ -88,14 +133,20 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.clock = clock
+        self.eta_for = eta_for
+        self.note = ""
         self.done = 0
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = dict.fromkeys(counts, 0)
         self.started = clock()
-        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+        self._rate = RateWindow(self.started)
         self._last_output = self.started
         self._finished = False
         self._last_line = ""
+        self._drawn = False  # a bar line is on the terminal, to clear before anything else is written there
         self._lock = threading.Lock()
+        self._rerouted: list[tuple[logging.StreamHandler, TextIO]] = []
+        if self.tty:
+            self._reroute_logging()
 
     def __enter__(self) -> Progress:
         return self
@@ -103,14 +154,21 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.finish()
 
-    def set_total(self, total: int | None) -> None:
+    def set_total(self, total: int | None, *, restart: bool = True) -> None:
         """The units to do, once known; before any is done, the clock starts again (setup such as loading a
-        model is then not counted in the rate and ETA)."""
+        model is then not counted in the rate and ETA) unless `restart` is false (a total that grows as work
+        is found, set again and again)."""
         with self._lock:
             self.total = total
-            if self.done == 0:
+            if self.done == 0 and restart:
                 self.started = self._last_output = self.clock()
-                self._samples = deque([(self.started, 0)])
+                self._rate = RateWindow(self.started)
+
+    def set_note(self, note: str) -> None:
+        """Text shown at the end of the line (e.g. a second figure with its own ETA); shown from the next
+        update on."""
+        with self._lock:
+            self.note = note
 
     def update(self, advance: int = 1, **counts: int) -> None:
         """`advance` more units done; each keyword adds to a named counter shown after the rate."""
@@ -120,7 +178,7 @@ class Progress:
                 if n:
                     self.counts[name] = self.counts.get(name, 0) + n
             now = self.clock()
-            self._sample(now)
+            self._rate.add(now, self.done)
             due = REDRAW_SECONDS if self.tty else self.interval
             if due > 0 and now - self._last_output >= due:
                 self._emit(now)
@@ -132,48 +190,67 @@ class Progress:
                 return
             self._finished = True
             now = self.clock()
-            line = message or self.line(now)
+            line = message or self.line(now, finished=True)
             if self.tty:
                 self._write("\r" + self._fit(line) + "\x1b[K\n")
+                self._drawn = False
             elif line != self._last_line:  # not the periodic line just written again
                 self._write(line + "\n")
+        # Outside the lock: a handler takes its own lock, then ours, to write a record (see _AboveBar).
+        self._restore_logging()
 
     def rate(self, now: float | None = None) -> float | None:
         """Units per second over the last RATE_WINDOW seconds (None before any time has passed)."""
-        now = self.clock() if now is None else now
-        first_time, first_done = self._samples[0]
-        if now - first_time <= 0:
-            return None
-        return (self.done - first_done) / (now - first_time)
+        return self._rate.rate(self.clock() if now is None else now, self.done)
 
-    def line(self, now: float | None = None) -> str:
+    def line(self, now: float | None = None, *, finished: bool = False) -> str:
         now = self.clock() if now is None else now
-        rate = self.rate(now)
-        eta = None
-        if self.total and rate:
-            eta = max(0, self.total - self.done) / rate
-        return status_line(self.label, self.done, self.total, self.unit, rate, eta, dict(self.counts),
-                           now - self.started, bar=self.tty)
+        return status_line(self.label, self.done, self.total, self.unit, self.rate(now),
+                           self._rate.eta(now, self.done, self.total), dict(self.counts), now - self.started,
+                           bar=self.tty, finished=finished, eta_for=self.eta_for, note=self.note)
+
+    def write_above(self, text: str) -> None:
+        """Write `text`, whole lines, to the stream: above the bar when one is drawn, which is then redrawn."""
+        with self._lock:
+            if self._drawn:
+                text = "\r\x1b[K" + text + "\r" + self._fit(self._last_line) + "\x1b[K"
+            self._write(text)
 
     # -- private -----------------------------------------------------------------------------------------------
-    def _sample(self, now: float) -> None:
-        """A (time, done) point a second at most, those older than RATE_WINDOW dropped but the last of them."""
-        if now - self._samples[-1][0] >= 1.0:
-            self._samples.append((now, self.done))
-        while len(self._samples) > 1 and now - self._samples[1][0] >= RATE_WINDOW:
-            self._samples.popleft()
-
     def _emit(self, now: float) -> None:
         self._last_output = now
         line = self._last_line = self.line(now)
         if self.tty:
             self._write("\r" + self._fit(line) + "\x1b[K")
+            self._drawn = True
         else:
             self._write(line + "\n")
 
     def _fit(self, line: str) -> str:
-        width = shutil.get_terminal_size((100, 20)).columns - 1
+        """The line cut to the terminal's width: a line that wrapped could not be redrawn in place."""
+        try:
+            # The stream's own terminal: stdout may be a file or a pipe (`imgsearch export - > file`).
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = shutil.get_terminal_size((100, 20)).columns
+        width = columns - 1
         return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+    def _reroute_logging(self) -> None:
+        """Root logging handlers that write to this terminal write through `write_above` until `finish`."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and _same_stream(handler.stream, self.stream):
+                self._rerouted.append((handler, handler.stream))
+                handler.setStream(_AboveBar(self, handler.stream))
+
+    def _restore_logging(self) -> None:
+        for handler, stream in self._rerouted:
+            current = handler.stream
+            if isinstance(current, _AboveBar) and current.progress is self:
+                handler.setStream(stream)
+                if current._partial:
+                    self._write(current._partial)
+        self._rerouted = []
 
     def _write(self, text: str) -> None:
         try:
@@ -181,3 +258,53 @@ class Progress:
             self.stream.flush()
         except (OSError, ValueError):  # a closed or broken stream must not stop the work it reports on
             pass
+
+
+@contextmanager
+def warnings_only_on_terminal(stream: TextIO | None = None, *, enabled: bool = True) -> Iterator[None]:
+    """While a bar is drawn on a terminal it says how the work goes: logging handlers that write to that
+    terminal show warnings and errors only (above the bar), not every info line. Elsewhere (a log file, a pipe),
+    or when not `enabled` (`--verbose`), nothing changes."""
+    stream = stream if stream is not None else sys.stderr
+    raised: list[tuple[logging.Handler, int]] = []
+    if enabled and getattr(stream, "isatty", lambda: False)():
+        for handler in logging.getLogger().handlers:
+            if (isinstance(handler, logging.StreamHandler) and handler.level < logging.WARNING
+                    and _same_stream(handler.stream, stream)):
+                raised.append((handler, handler.level))
+                handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in raised:
+            handler.setLevel(level)
+
+
+def _same_stream(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    try:
+        return os.path.sameopenfile(a.fileno(), b.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _AboveBar:
+    """The stream a logging handler writes to while a bar is drawn: each record goes above the bar."""
+
+    def __init__(self, progress: Progress, stream: TextIO) -> None:
+        self.progress = progress
+        self.stream = stream
+        self._partial = ""  # a line not yet ended: it goes above the bar once it is
+
+    def write(self, text: str) -> int:
+        whole, newline, self._partial = (self._partial + text).rpartition("\n")
+        if newline:
+            self.progress.write_above(whole + newline)
+        return len(text)
+
+    def flush(self) -> None:
+        pass  # write_above flushes
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)

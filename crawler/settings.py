@@ -75,6 +75,9 @@ FEED_EXPORT_ENCODING = "utf-8"
 
 # Seconds between progress lines during a crawl (0: none).
 IMGSEARCH_PROGRESS_SECONDS = 10
+# The crawl's progress on the command line's display (a bar with rate and ETA on a terminal, plain lines
+# otherwise) instead of log lines; `imgsearch crawl` sets it when stderr is a terminal.
+IMGSEARCH_PROGRESS_BAR = False
 
 # --- imgsearch: Elasticsearch -------------------------------------------------------------------------------
 # Cluster to use; unset means the local node managed by `imgsearch es start`. Comma-separated for several nodes.

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -351,28 +351,52 @@ class DeadLetters:
         self.count += 1
 
 
-def read_dead_letters(path: str | Path) -> list[dict[str, Any]]:
-    actions = []
+def iter_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The actions of a dead-letter file, one at a time (a file of any size); ValueError names a damaged line."""
     with Path(path).open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                actions.append({k: record[k] for k in ("op", "index", "id", "body")})
-            except (ValueError, KeyError) as exc:
+                yield {k: record[k] for k in ("op", "index", "id", "body")}
+            except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not a dead-letter record ({exc})") from exc
-    return actions
+
+
+def read_dead_letters(path: str | Path) -> list[dict[str, Any]]:
+    return list(iter_dead_letters(path))
+
+
+def count_dead_letters(path: str | Path) -> int:
+    """The records of a dead-letter file, each checked, none kept: a damaged file is refused before any write."""
+    return sum(1 for _ in iter_dead_letters(path))
+
+
+def _blocks(actions: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    block: list[dict[str, Any]] = []
+    for action in actions:
+        block.append(action)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 async def replay(client: AsyncElasticsearch, path: str | Path, *, dead_letter_dir: str | Path, max_retries: int,
-                 backoff: float) -> tuple[int, int, Path | None]:
-    """Send a dead-letter file's actions again, in order. Returns (written, still failing, their new file)."""
-    actions = read_dead_letters(path)
+                 backoff: float, set_total: Callable[[int], None] | None = None,
+                 advance: Callable[..., None] | None = None) -> tuple[int, int, Path | None]:
+    """Send a dead-letter file's actions again, in order, reading it as it goes. Returns (written, still
+    failing, their new file). `set_total(records)` is called once the file is checked, before any write, and
+    `advance(n, written=w, failed=f)` after each part sent (for a progress display)."""
+    total = count_dead_letters(path)
+    if set_total is not None:
+        set_total(total)
     failed = DeadLetters(dead_letter_dir, Path(path).stem + "-replay")
     written = 0
     stats = SendStats()
-    parts = (part for start in range(0, len(actions), 500) for part in _without_repeats(actions[start:start + 500]))
+    parts = (part for block in _blocks(iter_dead_letters(path), 500) for part in _without_repeats(block))
     for chunk in parts:
         # Image writes were made against their documents as they were then: redo them on the stored ones.
         todo = dict(enumerate(chunk))
@@ -380,11 +404,15 @@ async def replay(client: AsyncElasticsearch, path: str | Path, *, dead_letter_di
         results = dict(enumerate(await send_actions(client, list(todo.values()), max_retries=max_retries,
                                                     backoff=backoff, stats=stats)))
         await _resolve_conflicts(client, todo, results, max_retries=max_retries, backoff=backoff, stats=stats)
+        chunk_written = 0
         for action, outcome in zip(chunk, (results[n] for n in range(len(chunk))), strict=True):
             if outcome.ok or (action["op"] == "create" and outcome.status == 409):
-                written += 1  # a create that finds its document already stored has nothing left to do
+                chunk_written += 1  # a create that finds its document already stored has nothing left to do
             else:
                 failed.write(action, outcome)
+        written += chunk_written
+        if advance is not None:
+            advance(len(chunk), written=chunk_written, failed=len(chunk) - chunk_written)
     return written, failed.count, failed.path
 
 

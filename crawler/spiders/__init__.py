@@ -54,6 +54,7 @@ class ImageSpider(scrapy.Spider):
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """The page's image items; a response that is an image itself is one item, its own page."""
+        self.crawler.stats.inc_value("imgsearch/find/pages")
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1").lower()
         if not isinstance(response, TextResponse) or content_type.startswith("image/"):
             yield ImageItem(page_url=response.url, page_title="", alt_text="", image_url=response.url)
