@@ -160,6 +160,10 @@ class JournalScheduler(Scheduler):
         fingerprint = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if not request.dont_filter and fingerprint in self._seen:
             self.stats.inc_value("dupefilter/filtered")
+            if request.meta.get(KEY) is not None:
+                # A redirect to a page already seen: the page that redirected ends here, or every resume would
+                # fetch it again.
+                self.journal.done(request.meta[KEY])
             return False
         self._seen.add(fingerprint)
         try:

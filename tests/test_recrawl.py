@@ -212,3 +212,24 @@ def test_a_second_run_of_the_same_job_is_refused_at_once(crawl_settings_env, ali
         # The lock goes with the process: the next run of the job goes ahead.
         again = subprocess.run(args, capture_output=True, text=True, timeout=240, env={**os.environ, **env})
         assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_page_redirecting_to_a_page_already_crawled_is_finished_in_the_job_journal(crawl_settings_env, alias,
+                                                                                     tmp_path):
+    from crawler.jobstate import PageJournal
+
+    routes = gallery_site(2, 1)
+    # /old.html, linked after the pages, redirects to one of them: the redirect ends in the duplicate filter.
+    routes["/"] = page("Index", '<a href="/page/0.html">0</a> <a href="/page/1.html">1</a> '
+                                '<a href="/old.html">old</a>')
+    routes["/old.html"] = Route(b"", status=301, headers={"Location": "/page/0.html"})
+    job = tmp_path / "job"
+    env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias, "CONCURRENT_REQUESTS_PER_DOMAIN": "1"}
+    with SiteServer(routes) as site:
+        result = subprocess.run([sys.executable, "-m", "cli", "crawl", "--job-dir", str(job), site.url + "/"],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert site.fetched("/old.html") == 1
+    seen, pending = PageJournal(job).load()
+    assert pending == [], "every page the crawl took up is finished: a resume has nothing to fetch again"
+    assert len(seen) >= 4
