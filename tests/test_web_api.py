@@ -1,19 +1,28 @@
 """The search page's JSON API and pages through FastAPI's test client, against a crawled index in the real
-Elasticsearch, with the small test models: each input kind, each error, the result shape, the token check."""
+Elasticsearch, with the small test models: each input kind, each error, the result shape, the token check.
+The upload cap is also checked on uvicorn over a real socket, where the test client would read the body first."""
 
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import logging
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cli.serve import listening_socket
 from crawler.config import load_settings
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
 from tests.test_crawl import crawl
+from tests.waiting import wait_for
 from web.app import build_searcher, create_app, load_models
 from web.store import ImageStore
 
@@ -180,6 +189,71 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(site_index, searche
         assert small.status_code == 200, small.text
         page = client.post("/", files=upload(big), headers=HTML)
         assert page.status_code == 413 and "too large" in page.text and "Traceback" not in page.text
+
+
+@contextmanager
+def live_server(app) -> Iterator[int]:
+    """`app` on uvicorn, as `imgsearch serve` runs it, on a free loopback port; yields the port."""
+    import uvicorn
+
+    sock = listening_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web-api-test", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
+        assert server.started, "the server did not start"
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_a_chunked_upload_over_the_cap_is_cut_off_without_being_buffered(site_index, searcher):
+    cap, total, block = 50_000, 64 * 2**20, b"\xff" * 65_536
+    app = create_app(load_settings({**site_index["env"], "IMGSEARCH_SERVE_MAX_UPLOAD_BYTES": str(cap)}),
+                     searcher=searcher)
+    read = 0
+
+    async def counting(scope, receive, send):  # what uvicorn handed the application, before any middleware
+        async def counted():
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            return message
+
+        await app(scope, counted, send)
+
+    head = (b'--cut\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+    with live_server(counting) as port, socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=cut\r\n\r\n")
+        sent = 0
+        try:  # a client that sends everything before it reads: only the server closing the connection stops it
+            for piece in itertools.chain([head], itertools.repeat(block, total // len(block))):
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+            conn.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        conn.settimeout(10)
+        try:
+            while chunk := conn.recv(65_536):
+                answer += chunk
+        # Reset: the server closed with the rest of the upload unread (the answer came first); timed out: it kept
+        # the connection open, which the assertions below report.
+        except (ConnectionResetError, TimeoutError):
+            pass
+    # What the client got through is the cap plus the sockets' buffers, not the upload.
+    assert sent < total // 2, f"the server took {sent} of {total} bytes without closing the connection"
+    assert read < cap + 2**20, f"the application was handed {read} bytes for a cap of {cap}"
+    headers, _, body = answer.partition(b"\r\n\r\n")
+    assert headers.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"connection: close" in headers.lower()
+    assert json.loads(body)["kind"] == "too_large"
 
 
 @pytest.mark.parametrize("request_kwargs, fragment", [

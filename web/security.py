@@ -7,7 +7,8 @@ Three small ASGI middlewares, outermost first:
   page load or an <img>). The stylesheet, the script and /login itself are open; everything else, the API,
   thumbnails and the OpenAPI page included, answers 401 (API) or leads to /login (pages).
 - `BodyLimit`: a request body over the cap is refused with 413 before it is read whole: at once when its
-  Content-Length says so, else as soon as the bytes received pass the cap (a chunked upload).
+  Content-Length says so, else as soon as the bytes received pass the cap (a chunked upload). Either way the
+  answer closes the connection, so the server stops reading the rest of the body.
 - `SecurityHeaders`: a strict Content-Security-Policy (own scripts and styles only; images from this server,
   or data: and blob: URLs of the user's own query image) and no Referer to the crawled sites the results link to.
 """
@@ -110,18 +111,27 @@ class BodyLimit:
                                             f"{self.max_bytes})")
             return
         received = 0
+        over = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    over = True
                     # Raised into whatever reads the body; the app's handler turns it into the 413 answer.
                     raise HTTPException(413, f"the request is too large (over {self.max_bytes} bytes)")
             return message
 
-        await self.app(scope, limited, send)
+        async def closing(message: Message) -> None:
+            # On a connection kept alive the server would go on reading, and discarding, the rest of the body
+            # (however long the client sends); closing it ends the upload with the answer.
+            if over and message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["connection"] = "close"
+            await send(message)
+
+        await self.app(scope, limited, closing)
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, message: str) -> None:
