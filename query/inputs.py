@@ -36,42 +36,43 @@ def fetch_url(url: str, *, allow_private: bool = False, max_bytes: int = MAX_QUE
     `adapter` replaces the guarded connection layer (tests: canned answers, nothing sent)."""
     import requests
 
-    http = requests.Session()
-    http.trust_env = False  # direct connections only: see query.address_guard
-    guard = adapter or GuardedAdapter(allow_private=allow_private, resolver=resolver)
-    http.mount("http://", guard)
-    http.mount("https://", guard)
-    current = url
-    for _ in range(MAX_REDIRECTS + 1):
-        if not current.lower().startswith(("http://", "https://")):
-            raise QueryInputError(f"not an http(s) URL: {current}")
-        try:
-            response = http.get(current, stream=True, timeout=FETCH_TIMEOUT, allow_redirects=False,
-                                headers={"Accept": "image/*"})
-        except (AddressRefused, ValueError) as exc:
-            raise QueryInputError(str(exc)) from exc
-        except requests.RequestException as exc:
-            raise QueryInputError(f"cannot fetch {current}: {type(exc).__name__}") from exc
-        with response:
-            if response.is_redirect:
-                current = urljoin(current, response.headers.get("Location", ""))
-                continue
-            if response.status_code != 200:
-                raise QueryInputError(f"cannot fetch {current}: HTTP {response.status_code}")
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
-                raise QueryInputError(f"{current} is not an image (Content-Type {content_type})")
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise QueryInputError(f"{current} is too large ({int(declared)} bytes, limit {max_bytes})")
-            chunks, size = [], 0
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise QueryInputError(f"{current} is too large (over {max_bytes} bytes)")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    raise QueryInputError(f"{url}: more than {MAX_REDIRECTS} redirects")
+    with requests.Session() as http:  # closed at once: its pooled sockets are not left to the collector
+        http.trust_env = False  # direct connections only: see query.address_guard
+        guard = adapter or GuardedAdapter(allow_private=allow_private, resolver=resolver)
+        http.mount("http://", guard)
+        http.mount("https://", guard)
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            if not current.lower().startswith(("http://", "https://")):
+                raise QueryInputError(f"not an http(s) URL: {current}")
+            try:
+                response = http.get(current, stream=True, timeout=FETCH_TIMEOUT, allow_redirects=False,
+                                    headers={"Accept": "image/*"})
+            except (AddressRefused, ValueError) as exc:
+                raise QueryInputError(str(exc)) from exc
+            except requests.RequestException as exc:
+                raise QueryInputError(f"cannot fetch {current}: {type(exc).__name__}") from exc
+            with response:
+                if response.is_redirect:
+                    current = urljoin(current, response.headers.get("Location", ""))
+                    continue
+                if response.status_code != 200:
+                    raise QueryInputError(f"cannot fetch {current}: HTTP {response.status_code}")
+                content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                is_image = content_type.startswith("image/") or content_type == "application/octet-stream"
+                if content_type and not is_image:
+                    raise QueryInputError(f"{current} is not an image (Content-Type {content_type})")
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise QueryInputError(f"{current} is too large ({int(declared)} bytes, limit {max_bytes})")
+                chunks, size = [], 0
+                for chunk in response.iter_content(64 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise QueryInputError(f"{current} is too large (over {max_bytes} bytes)")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise QueryInputError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 def read_source(source: Any, *, allow_private: bool = False, max_bytes: int = MAX_QUERY_BYTES) -> bytes:
