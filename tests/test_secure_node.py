@@ -80,25 +80,10 @@ def secure_node():
 
 
 @pytest.fixture(scope="module")
-def secure_env(secure_node, standin_models, tmp_path_factory):
-    """Environment for commands against the secure node: its settings, test models, a scratch store."""
+def secure_env(secure_node, crawl_settings_env):
+    """Environment for commands against the secure node: its settings, and the crawl tests' models and store."""
     _, settings = secure_node
-    image, text = standin_models
-    scratch = tmp_path_factory.mktemp("secure")
-    return {
-        **settings,
-        "IMGSEARCH_INDEX": f"test-secure-{uuid.uuid4().hex[:8]}",
-        "IMGSEARCH_IMAGE_MODEL": str(image),
-        "IMGSEARCH_TEXT_MODEL": str(text),
-        "FILES_STORE": str(scratch / "store"),
-        "IMGSEARCH_INDEX_DEAD_LETTER_DIR": str(scratch / "dead-letter"),
-        "IMGSEARCH_EMBED_FLUSH_SECONDS": "0.2",
-        "IMGSEARCH_INDEX_FLUSH_SECONDS": "0.2",
-        "IMGSEARCH_PROGRESS_SECONDS": "0",
-        "DOWNLOAD_DELAY": "0",
-        "AUTOTHROTTLE_ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return {**crawl_settings_env, **settings, "IMGSEARCH_INDEX": f"test-secure-{uuid.uuid4().hex[:8]}"}
 
 
 def without(env: dict[str, str], *names: str) -> dict[str, str]:
