@@ -23,10 +23,13 @@ class Batcher(Generic[T, R]):
     """Async micro-batcher over `handle(batch) -> results` (one result per input, in order)."""
 
     def __init__(self, handle: Callable[[list[T]], Awaitable[Sequence[R]]], *, size: int, max_wait: float,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2, spread: bool = False) -> None:
         self._handle = handle
         self.size = max(1, int(size))
         self.max_wait = float(max_wait)
+        # Spread a batch over the free places in flight when several are free (see _dispatch).
+        self.spread = spread
+        self._max_in_flight = max(1, int(max_in_flight))
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,9 +61,15 @@ class Batcher(Generic[T, R]):
             self._timer = None
         while self._pending:
             batch, self._pending = self._pending[: self.size], self._pending[self.size:]
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            free = self._max_in_flight - len(self._tasks)
+            parts = min(free, len(batch)) if self.spread and not self._pending and free >= 2 else 1
+            # With `spread`, a batch that would run alone while other places stand idle (the first batches,
+            # the last ones, a trickle) is cut into as many parts as there are free places, so that the work
+            # behind them (a model's threads, one per place) is not left to a single one.
+            for i in range(parts):
+                task = asyncio.get_running_loop().create_task(self._run(batch[i::parts] if parts > 1 else batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         async with self._in_flight:

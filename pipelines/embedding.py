@@ -526,7 +526,7 @@ class EmbedPipeline:
         self.stats.set_value("imgsearch/embed/precision", self.embedder.precision)
         self.stats.set_value("imgsearch/embed/concurrent_batches", workers)
         self._batcher = Batcher(self._embed_batch, size=self.batch_size, max_wait=self.max_wait,
-                                max_in_flight=max(2, workers))
+                                max_in_flight=max(2, workers), spread=workers > 1)
 
     async def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
         loop = asyncio.get_running_loop()

@@ -268,3 +268,31 @@ def test_a_slot_is_freed_when_a_handler_fails():
     results = asyncio.run(main())
     assert isinstance(results[0], ValueError)
     assert results[1:] == [1, 2]
+
+
+def test_spread_cuts_a_batch_over_the_free_places_and_only_then():
+    async def main():
+        gate = asyncio.Event()
+        handler = Recorder(gate)
+        batcher = Batcher(handler, size=4, max_wait=60, max_in_flight=2, spread=True)
+        first = [asyncio.create_task(batcher.submit(i)) for i in range(4)]  # both places free: two halves
+        await wait_until(lambda: handler.running == 2)
+        second = [asyncio.create_task(batcher.submit(i)) for i in range(4, 8)]  # none free: whole, waiting
+        await settle()
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*first, *second), TIMEOUT)
+        return results, handler.batches
+
+    results, batches = asyncio.run(main())
+    assert results == [f"result-{i}" for i in range(8)]
+    assert batches == [[0, 2], [1, 3], [4, 5, 6, 7]]
+
+
+def test_without_spread_a_batch_stays_whole():
+    async def main():
+        handler = Recorder()
+        batcher = Batcher(handler, size=4, max_wait=60, max_in_flight=2)
+        await asyncio.wait_for(asyncio.gather(*[batcher.submit(i) for i in range(4)]), TIMEOUT)
+        return handler.batches
+
+    assert asyncio.run(main()) == [[0, 1, 2, 3]]
