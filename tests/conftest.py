@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,6 +30,20 @@ def es_settings():
     except ClusterError as exc:
         pytest.fail(f"Elasticsearch is required for these tests: {exc}", pytrace=False)
     return settings
+
+
+@pytest.fixture(scope="session")
+def es_upstream(es_settings) -> tuple[str, int]:
+    """(host, port) of the cluster's first node, for the tests that put a fault proxy in front of it. The proxies
+    speak plain HTTP without credentials: against a cluster with TLS or a password those tests are skipped (the
+    suite's own node, which CI runs, has neither)."""
+    url = (es_settings.get("ES_URL") or "").split(",")[0].strip()
+    if not url:
+        return "127.0.0.1", es_settings.getint("IMGSEARCH_ES_PORT")
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.username:
+        pytest.skip("the fault proxy speaks plain HTTP without credentials")
+    return parts.hostname, parts.port or 9200
 
 
 @pytest.fixture(scope="session")

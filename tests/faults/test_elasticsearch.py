@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,20 +29,9 @@ IMAGES = PAGES * PER_PAGE + SHARED  # 49 distinct images
 OCCURRENCES = PAGES * (PER_PAGE + SHARED)  # 54 (image, page) pairs
 
 
-@pytest.fixture(scope="module")
-def upstream(es_settings) -> tuple[str, int]:
-    url = (es_settings.get("ES_URL") or "").split(",")[0].strip()
-    if not url:
-        return "127.0.0.1", es_settings.getint("IMGSEARCH_ES_PORT")
-    parts = urlsplit(url)
-    if parts.scheme != "http" or parts.username:
-        pytest.skip("the cluster proxy speaks plain HTTP without credentials")
-    return parts.hostname, parts.port or 9200
-
-
 @pytest.fixture
-def proxy(upstream):
-    server = ClusterProxy(upstream).start()
+def proxy(es_upstream):
+    server = ClusterProxy(es_upstream).start()
     yield server
     server.stop()
 
@@ -80,21 +68,28 @@ def downloaded(site: SiteServer) -> int:
     return site.fetched("/img/") + site.fetched("/shared/")
 
 
-def test_cluster_down_for_a_few_seconds_mid_crawl_is_ridden_out_by_retries(es, alias, fault_env, proxy, site,
-                                                                            tmp_path, fault_table):
-    env = es_env(fault_env, proxy, IMGSEARCH_INDEX_MAX_RETRIES="5", IMGSEARCH_INDEX_RETRY_BACKOFF="0.5")
+def crawl_through_outage(es, alias: str, site: SiteServer, proxy: ClusterProxy, env: dict[str, str], tmp_path,
+                         seconds: float):
+    """Crawl the site; once 8 images are indexed, the cluster goes away for `seconds`, then comes back.
+    Returns the crawl's result and how long the cluster was down."""
     crawl = Crawl([site.url + "/"], env, tmp_path)
     try:
         wait_for(lambda: count(es, alias) >= 8 or crawl.poll(), 180, "8 images indexed")
         assert crawl.poll() is None, "the crawl ended before the cluster could go away"
         proxy.go_down()
         went_down = time.monotonic()
-        wait_for(lambda: time.monotonic() - went_down >= 5, 10, "5 s of outage")
+        wait_for(lambda: time.monotonic() - went_down >= seconds, 10, f"{seconds:.0f} s of outage")
         proxy.come_back()
         down_for = time.monotonic() - went_down
-        result = crawl.wait(240)
+        return crawl.wait(240), down_for
     finally:
         crawl.kill()
+
+
+def test_cluster_down_for_a_few_seconds_mid_crawl_is_ridden_out_by_retries(es, alias, fault_env, proxy, site,
+                                                                            tmp_path, fault_table):
+    env = es_env(fault_env, proxy, IMGSEARCH_INDEX_MAX_RETRIES="5", IMGSEARCH_INDEX_RETRY_BACKOFF="0.5")
+    result, down_for = crawl_through_outage(es, alias, site, proxy, env, tmp_path, 5)
     lost, images, sources, urls = outcome(es, alias, site)
     fault_table.row(f"ES down {down_for:.0f} s mid-crawl (proxy refuses), then back",
                     f"exit {result.returncode}, retried "
@@ -111,18 +106,7 @@ def test_cluster_down_for_a_few_seconds_mid_crawl_is_ridden_out_by_retries(es, a
 def test_cluster_down_longer_than_the_retries_is_dead_lettered_then_replayed(es, alias, fault_env, proxy, site,
                                                                              tmp_path, fault_table):
     env = es_env(fault_env, proxy, IMGSEARCH_INDEX_MAX_RETRIES="1", IMGSEARCH_INDEX_RETRY_BACKOFF="0.2")
-    crawl = Crawl([site.url + "/"], env, tmp_path)
-    try:
-        wait_for(lambda: count(es, alias) >= 8 or crawl.poll(), 180, "8 images indexed")
-        assert crawl.poll() is None, "the crawl ended before the cluster could go away"
-        proxy.go_down()
-        went_down = time.monotonic()
-        wait_for(lambda: time.monotonic() - went_down >= 4, 10, "4 s of outage")
-        proxy.come_back()
-        down_for = time.monotonic() - went_down
-        result = crawl.wait(240)
-    finally:
-        crawl.kill()
+    result, down_for = crawl_through_outage(es, alias, site, proxy, env, tmp_path, 4)
     dead = result.stat("imgsearch/index/dead_lettered")
     lost_before, images_before, _, _ = outcome(es, alias, site)
     letters = result.stats.get("imgsearch/index/dead_letter_file")
