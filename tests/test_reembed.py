@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import main
 from crawler.config import load_settings
 from crawler.sample_site import SiteServer, encode, photo_like
 from index_setup.indices import IndexConflict, stored_model
@@ -21,6 +20,7 @@ from pipelines.embedding import Embedder
 from pipelines.fetch import relative_path_for
 from pipelines.indexing import utc_now
 from query import Searcher
+from tests.cli_runs import in_process
 from tests.test_crawl import crawl
 from tests.test_recrawl import gallery_site
 
@@ -74,17 +74,7 @@ def no_leftovers(es, index_alias):
 
 @pytest.fixture
 def cli(monkeypatch, capsys, crawled):
-    for name, value in crawled.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("IMGSEARCH_PROGRESS_SECONDS", "0")
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
+    return in_process(monkeypatch, capsys, crawled)
 
 
 def all_docs(es, index: str) -> dict[str, dict]:

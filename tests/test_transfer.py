@@ -10,7 +10,6 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from cli import main
 from cli.demo import edited_copy
 from crawler.config import load_settings
 from crawler.sample_site import SiteServer
@@ -18,6 +17,7 @@ from index_setup.indices import delete_indices, ensure_indices
 from index_setup.mappings import sources_alias, urls_alias
 from index_setup.transfer import KINDS, export_indices, import_documents, open_text, prepare_target, read_header
 from query import Searcher
+from tests.cli_runs import in_process
 from tests.test_crawl import crawl
 from tests.test_recrawl import gallery_site
 
@@ -37,18 +37,7 @@ def crawled(crawl_settings_env, index_alias, tmp_path_factory, es):
 @pytest.fixture
 def cli(monkeypatch, capsys, crawled):
     """Run `imgsearch …` in this process with the crawl's environment: (exit status, stdout, stderr)."""
-    env, _ = crawled
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("IMGSEARCH_PROGRESS_SECONDS", "0")
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        status = main(list(args))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return run
+    return in_process(monkeypatch, capsys, crawled[0])
 
 
 @pytest.fixture
