@@ -330,6 +330,14 @@ def _without_repeats(actions: list[dict[str, Any]]) -> Iterator[list[dict[str, A
 
 
 # -- dead letters ----------------------------------------------------------------------------------------------
+def bulk_write_options(settings: Settings) -> dict[str, Any]:
+    """How a pipeline stage batches and retries its bulk writes, from the IMGSEARCH_INDEX_* settings."""
+    return {"batch_size": settings.getint("IMGSEARCH_INDEX_BATCH_SIZE"),
+            "max_wait": settings.getfloat("IMGSEARCH_INDEX_FLUSH_SECONDS"),
+            "max_retries": settings.getint("IMGSEARCH_INDEX_MAX_RETRIES"),
+            "backoff": settings.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF")}
+
+
 class DeadLetters:
     """A JSON-lines file of actions that could not be written, each with its reason, for `imgsearch replay`."""
 
@@ -362,10 +370,6 @@ def iter_dead_letters(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield {k: record[k] for k in ("op", "index", "id", "body")}
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: not a dead-letter record ({exc})") from exc
-
-
-def read_dead_letters(path: str | Path) -> list[dict[str, Any]]:
-    return list(iter_dead_letters(path))
 
 
 def count_dead_letters(path: str | Path) -> int:
@@ -439,11 +443,7 @@ class IndexPipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> IndexPipeline:
         s = crawler.settings
-        return cls(crawler=crawler, settings=s, index=s.get("IMGSEARCH_INDEX"),
-                   batch_size=s.getint("IMGSEARCH_INDEX_BATCH_SIZE"),
-                   max_wait=s.getfloat("IMGSEARCH_INDEX_FLUSH_SECONDS"),
-                   max_retries=s.getint("IMGSEARCH_INDEX_MAX_RETRIES"),
-                   backoff=s.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF"),
+        return cls(crawler=crawler, settings=s, index=s.get("IMGSEARCH_INDEX"), **bulk_write_options(s),
                    dead_letter_dir=s.get("IMGSEARCH_INDEX_DEAD_LETTER_DIR"))
 
     async def open_spider(self) -> None:

@@ -19,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pipelines.batching import Batcher
-from pipelines.indexing import Outcome, send_actions, utc_now
+from pipelines.indexing import Outcome, bulk_write_options, send_actions, utc_now
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch
@@ -84,11 +84,7 @@ class SourceStatusPipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> SourceStatusPipeline:
         s = crawler.settings
-        return cls(crawler=crawler, settings=s, index=s.get("IMGSEARCH_INDEX"),
-                   batch_size=s.getint("IMGSEARCH_INDEX_BATCH_SIZE"),
-                   max_wait=s.getfloat("IMGSEARCH_INDEX_FLUSH_SECONDS"),
-                   max_retries=s.getint("IMGSEARCH_INDEX_MAX_RETRIES"),
-                   backoff=s.getfloat("IMGSEARCH_INDEX_RETRY_BACKOFF"))
+        return cls(crawler=crawler, settings=s, index=s.get("IMGSEARCH_INDEX"), **bulk_write_options(s))
 
     async def open_spider(self) -> None:
         from index_setup.client import async_es_client

@@ -38,8 +38,8 @@ from pipelines.indexing import (
     SendStats,
     bulk_operations,
     image_actions,
+    iter_dead_letters,
     occurrence_id,
-    read_dead_letters,
     replay,
     send_actions,
     source_action,
@@ -286,19 +286,8 @@ def index(es, index_alias) -> str:
 
 
 @pytest.fixture(scope="module")
-def _proxy_server(es_settings):
-    host, port = "127.0.0.1", 9200
-    url = (es_settings.get("ES_URL") or "").split(",")[0].strip()
-    if url:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        if parts.scheme != "http" or parts.username:
-            pytest.skip("the fault proxy speaks plain HTTP without credentials")
-        host, port = parts.hostname, parts.port or 9200
-    else:
-        port = es_settings.getint("IMGSEARCH_ES_PORT")
-    server = FaultProxy((host, port)).start()
+def _proxy_server(es_upstream):
+    server = FaultProxy(es_upstream).start()
     yield server
     server.stop()
 
@@ -656,7 +645,7 @@ def test_dead_letters_are_json_lines_that_replay_stores_once_es_is_back(es, es_s
         assert (record["reason"], record["status"]) == ("http_503", 503)
         assert record["error"] and record["time"]
     assert records[1]["page_url"] == item["page_url"]
-    assert read_dead_letters(letters.path) == actions
+    assert list(iter_dead_letters(letters.path)) == actions
 
     # Meanwhile one image got stored (by another crawl, or by an earlier attempt whose answer was lost).
     es.create(index=index, id=exists, document=actions[2]["body"])
@@ -667,7 +656,7 @@ def test_dead_letters_are_json_lines_that_replay_stores_once_es_is_back(es, es_s
         c, letters.path, dead_letter_dir=tmp_path / "dead", max_retries=1, backoff=BACKOFF))
     assert (written, failing) == (0, 4)
     assert still != letters.path and still.name.startswith(letters.path.stem + "-replay")
-    assert read_dead_letters(still) == actions
+    assert list(iter_dead_letters(still)) == actions
     assert {json.loads(line)["reason"] for line in still.read_text().splitlines()} == {"connection_error"}
 
     # Elasticsearch is back.
@@ -681,7 +670,7 @@ def test_dead_letters_are_json_lines_that_replay_stores_once_es_is_back(es, es_s
     left = [json.loads(line) for line in again.read_text().splitlines()]
     assert [(r["id"], r["reason"], r["status"]) for r in left] == [
         (broken["id"], "document_parsing_exception", 400)]
-    assert read_dead_letters(again) == [broken]
+    assert list(iter_dead_letters(again)) == [broken]
 
 
 def test_a_replay_with_nothing_failing_writes_no_file(es, es_settings, index, tmp_path):
@@ -698,7 +687,7 @@ def test_a_damaged_dead_letter_file_is_refused_with_its_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"op": "create", "index": "i", "id": "1", "body": {}}\n\n{"op": "create"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:3"):
-        read_dead_letters(path)
+        list(iter_dead_letters(path))
 
 
 # -- bugs ------------------------------------------------------------------------------------------------------
