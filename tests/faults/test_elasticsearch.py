@@ -172,13 +172,13 @@ def test_a_cluster_answering_bulks_in_5_s_slows_the_crawl_without_buffering_it(e
 
 
 BIG_PAGES, BIG_PER_PAGE = 25, 10  # 250 images
-AHEAD_BOUND = 150  # measured: downloads stop 55-95 images ahead while every bulk hangs, whatever the site's size
+AHEAD_BOUND = 60  # IMGSEARCH_FETCH_MAX_IN_FLIGHT for this crawl: the images allowed between download and index
 
 
 def test_while_the_cluster_holds_every_bulk_the_crawl_stops_downloading(es, alias, fault_env, proxy, tmp_path,
                                                                         fault_table):
     proxy.hold()
-    env = es_env(fault_env, proxy, ES_REQUEST_TIMEOUT="300")
+    env = es_env(fault_env, proxy, ES_REQUEST_TIMEOUT="300", IMGSEARCH_FETCH_MAX_IN_FLIGHT=str(AHEAD_BOUND))
     with SiteServer(gallery_site(BIG_PAGES, BIG_PER_PAGE)) as big:
         crawl = Crawl([big.url + "/", "--depth", "1"], env, tmp_path)
         try:
