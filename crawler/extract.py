@@ -44,11 +44,11 @@ class FoundImage:
 # Longer "URLs" are not image addresses (servers refuse them) and would only bloat items and logs.
 MAX_URL_CHARS = 8192
 
-# MIME types of <picture> sources worth choosing: those the fetch stage decodes (see ImageItem.format).
-# A source of any other type (avif, jxl, svg, ...) is skipped so that the <img> fallback is chosen instead.
+# MIME types of <picture> sources worth choosing: those the fetch stage decodes (see pipelines/imaging.py).
+# A source of any other type (jxl, svg, ...) is skipped so that the <img> fallback is chosen instead.
 DECODABLE_TYPES = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/apng", "image/gif", "image/webp",
-    "image/bmp", "image/x-ms-bmp", "image/tiff",
+    "image/bmp", "image/x-ms-bmp", "image/tiff", "image/avif", "image/heic", "image/heif",
 })
 
 # Every element that can carry an image, in one query so that the results come in document order.

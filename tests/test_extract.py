@@ -122,12 +122,20 @@ def test_picture_skips_sources_of_undecodable_types():
     page = _page(
         '<picture>'
         '<source srcset="logo.svg 4x" type="image/svg+xml">'
-        '<source srcset="photo.avif 3000w" type="image/avif">'
+        '<source srcset="photo.jxl 3000w" type="image/jxl">'
         '<source srcset="photo.webp 1x, photo-2x.webp 2x" type="image/webp; codecs=vp8">'
         '<img src="photo.jpg" alt="p">'
         '</picture>'
     )
     assert extract_images(page) == [FoundImage("https://site.example/dir/photo-2x.webp", "p")]
+
+
+def test_picture_takes_avif_and_heic_sources_which_the_fetch_stage_decodes():
+    page = _page(
+        '<picture><source srcset="big.avif 2x" type="image/avif"><img src="small.jpg" alt="a"></picture>'
+        '<picture><source srcset="big.heic 2x" type="image/heic"><img src="small.png"></picture>'
+    )
+    assert _urls(page) == ["https://site.example/dir/big.avif", "https://site.example/dir/big.heic"]
 
 
 def test_picture_falls_back_to_img():
@@ -250,7 +258,7 @@ def test_background_image_quoted_unquoted_and_multiple():
 def test_background_image_set_takes_largest_decodable_option():
     page = _page(
         '<div style="background-image: -webkit-image-set(url(a-1x.jpg) 1x, url(\'a-2x.jpg\') 2x)"></div>'
-        '<div style="background-image: image-set(&quot;b.avif&quot; type(&quot;image/avif&quot;) 3x,'
+        '<div style="background-image: image-set(&quot;b.jxl&quot; type(&quot;image/jxl&quot;) 3x,'
         ' &quot;b-hd.webp&quot; 192dpi, &quot;b.jpg&quot; 1x)"></div>'
     )
     assert _urls(page) == ["https://site.example/dir/a-2x.jpg", "https://site.example/dir/b-hd.webp"]
