@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from scrapy.exceptions import DropItem
 
-from pipelines.batching import Batcher
+from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -502,6 +502,7 @@ class EmbedPipeline:
         self.torch_threads = torch_threads
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._batcher: Batcher[Image.Image, np.ndarray] | None = None
+        self.occupancy = Occupancy.of(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> EmbedPipeline:
@@ -526,7 +527,9 @@ class EmbedPipeline:
         self.stats.set_value("imgsearch/embed/precision", self.embedder.precision)
         self.stats.set_value("imgsearch/embed/concurrent_batches", workers)
         self._batcher = Batcher(self._embed_batch, size=self.batch_size, max_wait=self.max_wait,
-                                max_in_flight=max(2, workers), spread=workers > 1)
+                                max_in_flight=max(2, workers), spread=workers > 1,
+                                upstream_idle=self.occupancy.idle(FETCH_STAGE))
+        self.occupancy.watch(self._batcher.poke)
 
     async def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -541,7 +544,8 @@ class EmbedPipeline:
         assert self._batcher is not None, "open_spider was not called"
         image = item.pop("image")
         try:
-            vector = await self._batcher.submit(image)
+            with self.occupancy.inside(EMBED_STAGE):
+                vector = await self._batcher.submit(image)
         except Exception as exc:
             self.stats.inc_value("imgsearch/embed/failed/model_error")
             logger.warning("Embedding failed for %s: %s: %s", item.get("image_url"), type(exc).__name__, exc)

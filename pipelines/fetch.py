@@ -36,7 +36,7 @@ from twisted.internet import defer
 from crawler.extract import NO_IMAGE_INDEX, blocking_directive, noai_exempt
 from crawler.middlewares import RedirectNotFollowed
 from pipelines import imaging, phash
-from pipelines.batching import Batcher
+from pipelines.batching import FETCH_STAGE, Batcher, Occupancy
 from pipelines.indexing import url_id
 
 if TYPE_CHECKING:
@@ -223,6 +223,9 @@ class FetchPipeline:
         # instead of decoded images and vectors piling up in memory.
         self._in_flight = asyncio.Semaphore(max(1, max_in_flight))
         self._holding: set[int] = set()
+        # Items being looked up, downloaded or decoded: the embed and index stages send partial batches at once
+        # when there are none (see pipelines/batching.py).
+        self.occupancy = Occupancy.of(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FetchPipeline:
@@ -291,19 +294,20 @@ class FetchPipeline:
             return item
         future: asyncio.Future[FetchedImage | FetchRejected] = asyncio.get_running_loop().create_future()
         self._remember(url, future)
-        known = await self._lookups.submit(url) if self._lookups is not None else None
-        if known is not None and known.fresh(dt.datetime.now(dt.timezone.utc), self.refresh_days):
-            self.stats.inc_value("imgsearch/fetch/skipped_known")
-            return self._known(item, known.image, future)
-        try:
-            fetched = await self._fetch(item, known)
-        except FetchRejected as rejection:
-            future.set_result(rejection)
-            raise self._drop(item, rejection) from None
-        except BaseException as exc:
-            # Never leave later occurrences of this URL waiting on a future nobody will resolve.
-            future.set_result(FetchRejected("internal_error", f"{type(exc).__name__}: {exc}"))
-            raise
+        with self.occupancy.inside(FETCH_STAGE):
+            known = await self._lookups.submit(url) if self._lookups is not None else None
+            if known is not None and known.fresh(dt.datetime.now(dt.timezone.utc), self.refresh_days):
+                self.stats.inc_value("imgsearch/fetch/skipped_known")
+                return self._known(item, known.image, future)
+            try:
+                fetched = await self._fetch(item, known)
+            except FetchRejected as rejection:
+                future.set_result(rejection)
+                raise self._drop(item, rejection) from None
+            except BaseException as exc:
+                # Never leave later occurrences of this URL waiting on a future nobody will resolve.
+                future.set_result(FetchRejected("internal_error", f"{type(exc).__name__}: {exc}"))
+                raise
         if fetched is None:  # 304 Not Modified
             self.stats.inc_value("imgsearch/fetch/not_modified")
             item["url_checked"] = True

@@ -25,7 +25,7 @@ import elastic_transport
 import elasticsearch
 from scrapy.exceptions import DropItem
 
-from pipelines.batching import Batcher
+from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy
 
 if TYPE_CHECKING:
     from elasticsearch import AsyncElasticsearch
@@ -465,7 +465,10 @@ class IndexPipeline:
 
         await asyncio.to_thread(ensure)
         self.client = async_es_client(self.settings)
-        self._batcher = Batcher(self._write_batch, size=self.batch_size, max_wait=self.max_wait)
+        occupancy = Occupancy.of(self.crawler)
+        self._batcher = Batcher(self._write_batch, size=self.batch_size, max_wait=self.max_wait,
+                                upstream_idle=occupancy.idle(FETCH_STAGE, EMBED_STAGE))
+        occupancy.watch(self._batcher.poke)
 
     async def process_item(self, item: Any) -> Any:
         """Write the item's image document (or update it) and its occurrence; drop it when that failed."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipelines.batching import Batcher
+from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy
 
 TIMEOUT = 5.0  # generous upper bound for anything that should happen "soon"; never a fixed wait
 
@@ -296,3 +296,56 @@ def test_without_spread_a_batch_stays_whole():
         return handler.batches
 
     assert asyncio.run(main()) == [[0, 1, 2, 3]]
+
+
+def test_a_partial_batch_goes_at_once_when_nothing_more_is_on_its_way():
+    async def main():
+        occupancy = Occupancy()
+        handler = Recorder()
+        batcher = Batcher(handler, size=10, max_wait=60, upstream_idle=occupancy.idle(FETCH_STAGE))
+        occupancy.watch(batcher.poke)
+        with occupancy.inside(FETCH_STAGE):  # an item still downloading: the first three wait for it
+            first = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+            await settle()
+            assert handler.batches == []
+        last = asyncio.create_task(batcher.submit(3))  # the last one, with nothing upstream: no 60 s timer
+        assert await asyncio.wait_for(asyncio.gather(*first, last), TIMEOUT) == [f"result-{i}" for i in range(4)]
+        assert handler.batches == [[0, 1, 2, 3]]
+
+    asyncio.run(main())
+
+
+def test_an_item_dropped_upstream_releases_what_waits_for_it():
+    async def main():
+        occupancy = Occupancy()
+        handler = Recorder()
+        batcher = Batcher(handler, size=10, max_wait=60, upstream_idle=occupancy.idle(FETCH_STAGE, EMBED_STAGE))
+        occupancy.watch(batcher.poke)
+        with occupancy.inside(EMBED_STAGE):
+            waiting = asyncio.create_task(batcher.submit(1))
+            await settle()
+            assert handler.batches == []
+        # The item left without reaching this stage (a rejected image): what signals a drop pokes the batcher.
+        occupancy._poke()
+        assert await asyncio.wait_for(waiting, TIMEOUT) == "result-1"
+
+    asyncio.run(main())
+
+
+def test_a_partial_batch_is_not_queued_behind_busy_places():
+    async def main():
+        gate = asyncio.Event()
+        handler = Recorder(gate)
+        idle = False
+        batcher = Batcher(handler, size=3, max_wait=60, max_in_flight=1, upstream_idle=lambda: idle)
+        busy = [asyncio.create_task(batcher.submit(i)) for i in range(3)]  # full: takes the only place
+        await settle()
+        idle = True
+        trickle = [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+        await settle()
+        assert handler.batches == [[0, 1, 2]]  # 3 and 4 pending, not queued alone behind the busy place
+        gate.set()  # the place frees: what is pending goes at once
+        await asyncio.wait_for(asyncio.gather(*busy, *trickle), TIMEOUT)
+        assert handler.batches == [[0, 1, 2], [3, 4]]
+
+    asyncio.run(main())
