@@ -4,10 +4,16 @@ on each response.
 One XPath query walks the parsed page (the response's cached selector) in document order and picks up:
 
 - `<img>`: the largest candidate of its srcset, else its src, with lazy-load attributes (`data-srcset`,
-  `data-src`, ...) preferred over the native ones, which are often placeholders;
+  `data-src`, `data-lazy`, ...) preferred over the native ones, which are often placeholders; an `<image>`
+  outside SVG is an `<img>` to the HTML parser and is read as one;
 - `<picture>`: the largest candidate across its decodable `<source srcset>` and its `<img>`;
-- `og:image` / `twitter:image` meta tags (with their `:alt`) and `<link rel="image_src">`;
-- `background` / `background-image` in inline `style` attributes, `url()` and `image-set()`.
+- `og:image` / `twitter:image` meta tags (with their `:alt`), `<link rel="image_src">` and
+  `<link rel="preload" as="image">` (the largest candidate of its imagesrcset, else its href);
+- `<video poster>` and the `href` / `xlink:href` of inline SVG `<image>`s;
+- `background` / `background-image` in inline `style` attributes, `url()` and `image-set()`, unless the
+  element has a lazy background (`data-bgset`, the largest candidate of lazysizes' srcset-like sets, else
+  `data-bg` / `data-background-image`, a URL or a CSS `url()` value), which is read instead;
+- `background` / `background-image` in the rule blocks of `<style>` elements (in the `<style>`'s place).
 
 URLs are resolved against `<base href>`, made safe, stripped of fragments and kept only when http(s).
 Nothing is filtered by extension: the fetch stage sniffs the bytes. `page_links` resolves `<a href>` and
@@ -52,7 +58,10 @@ DECODABLE_TYPES = frozenset({
 })
 
 # Every element that can carry an image, in one query so that the results come in document order.
-_ELEMENTS = etree.XPath("//img | //picture | //meta[@content] | //link[@href] | //*[@style]")
+_ELEMENTS = etree.XPath(
+    "//img | //image | //picture | //meta[@content] | //link[@href or @imagesrcset] | //video[@poster] | //style"
+    " | //*[@style or @data-bg or @data-background-image or @data-bgset]"
+)
 # The first <base> with an href sets the base URL (later ones are ignored, an empty href means none).
 _BASE_HREF = etree.XPath("(//base[@href])[1]/@href")
 # An SVG <title> is not the page's.
@@ -64,20 +73,35 @@ _LINKS = etree.XPath("//a[@href] | //area[@href]")
 _OWN_SELECTORS: WeakKeyDictionary[TextResponse, Selector] = WeakKeyDictionary()
 
 # Lazy loaders keep the real URL in these while src/srcset hold a placeholder, so they are read first.
-# Each tier is (srcset-like attributes, src-like attributes).
+# Each tier is (srcset-like attributes, src-like attributes). Beyond the generic data-src / data-srcset
+# (lazysizes, lozad, LiteSpeed, Smush, ...) and data-lazy-src / data-lazy-srcset (WP Rocket, Jetpack):
+# data-original and data-original-set (jquery.lazyload, vanilla-lazyload before v10), data-lazy (slick, the
+# common carousel), data-lazyload (Slider Revolution, on a great many WordPress sites) and data-orig-src
+# (the Avada theme). Rarer ones (echo.js's data-echo, data-hi-res-src, ...) are left out: each attribute
+# read is one more chance of taking something that is no image of the page.
 _IMG_TIERS = (
-    (("data-srcset", "data-lazy-srcset"), ("data-src", "data-lazy-src", "data-original")),
+    (
+        ("data-srcset", "data-lazy-srcset", "data-original-set"),
+        ("data-src", "data-lazy-src", "data-original", "data-lazy", "data-lazyload", "data-orig-src"),
+    ),
     (("srcset",), ("src",)),
 )
 _SOURCE_TIERS = (
     (("data-srcset", "data-lazy-srcset"), ()),
     (("srcset",), ()),
 )
+_PRELOAD_TIERS = ((("imagesrcset",), ("href",)),)
 
 _OG_IMAGE = frozenset({"og:image", "og:image:url", "og:image:secure_url"})
 _TWITTER_IMAGE = frozenset({"twitter:image", "twitter:image:src"})
 _IMAGE_ALT = {"og:image:alt": "og", "twitter:image:alt": "twitter"}
 _BACKGROUND_PROPERTIES = frozenset({"background", "background-image"})
+# Lazy background attributes, read on any element in this order; the first that gives a URL replaces the
+# inline style's background (the loaders write it into style.backgroundImage, over any placeholder there).
+_LAZY_BACKGROUND_SRC = ("data-bg", "data-background-image")  # lazysizes unveilhooks, vanilla-lazyload; lozad
+# Some sites use these attributes, data-lazy above all, as flags (data-lazy="true", data-bg="dark"): a value
+# with none of these characters is no URL, and the native attribute (or style) is read instead.
+_URL_CHARACTER = re.compile(r"[/.?]")
 
 # A candidate's size, comparable across candidates: any width descriptor beats any density descriptor.
 _Score = tuple[int, float]
@@ -125,6 +149,21 @@ _RESOLUTION = re.compile(r"(?<![\w.])([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(x|dppx|d
 _TYPE_FUNCTION = re.compile(r"""type\(\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _DENSITY_UNITS = {"x": 1.0, "dppx": 1.0, "dpi": 1 / 96, "dpcm": 2.54 / 96}
 _CSS_ESCAPE = re.compile(r"\\(?:([0-9A-Fa-f]{1,6})[ \t\n\r\f]?|\n|(.))", re.S)
+# A data-bg value that starts with a CSS function (url(...), image-set(...), linear-gradient(...)) is a CSS
+# value; anything else is a URL (which may hold parentheses: ".../File:A_(b).jpg").
+_CSS_FUNCTION_START = re.compile(r"\s*-?[A-Za-z_][\w-]*\(")
+
+# Stylesheets (<style>). The text between two braces, with strings matched whole so that a brace inside one
+# (content: "}") splits nothing; a string ends at a newline as in CSS, so a stray quote cannot swallow the
+# sheet. It always matches, so the engine never backtracks.
+_CSS_SHEET_STRING = r"""(?:"(?:[^"\\\n]+|\\.)*"?|'(?:[^'\\\n]+|\\.)*'?)"""
+_CSS_SHEET_TEXT = re.compile(rf"""(?:[^{{}}"'\\]+|\\.?|{_CSS_SHEET_STRING})*""", re.S)
+
+# lazysizes bgset: sets separated by a '|' with whitespace on at least one side, each a srcset followed by
+# optional "[media query]" / "[type: image/webp]" options (each after whitespace).
+_BGSET_SEPARATOR = re.compile(r"(?<=\s)\||\|(?=\s)")
+_BGSET_OPTIONS = re.compile(r"\s\[")
+_BGSET_TYPE = re.compile(r"\[\s*(?:\(\s*)*type\s*:\s*([^\s\])]*)", re.I)
 
 _Resolve = Callable[[str], str | None]
 
@@ -156,9 +195,13 @@ def extract_images(response: TextResponse) -> list[FoundImage]:
 
     for element in _ELEMENTS(root):
         tag = element.tag
-        if tag == "img":
+        if tag == "img" or (tag == "image" and not _in_svg(element)):
             if element not in handled_imgs:
                 add(_best_url(_choose(element, _IMG_TIERS, resolve)), _alt_text(element))
+        elif tag == "image":
+            # SVG 2: href, when present, wins over the older xlink:href (whose name lxml keeps as it is).
+            href = element.get("href")
+            add(resolve(href if href is not None else element.get("xlink:href") or ""), "")
         elif tag == "picture":
             chosen, img = _picture_choice(element, resolve)
             if img is not None:
@@ -167,8 +210,17 @@ def extract_images(response: TextResponse) -> list[FoundImage]:
         elif tag == "meta":
             _read_meta(element, resolve, add, meta_groups, pending_alts)
         elif tag == "link":
-            if "image_src" in (element.get("rel") or "").lower().split():
-                add(resolve(element.get("href") or ""), "")
+            add(_best_url(_link_choice(element, resolve)), "")
+        elif tag == "video":
+            add(resolve(element.get("poster") or ""), "")
+        elif tag == "style":
+            for url in stylesheet_image_urls("".join(element.itertext()), resolve):
+                add(url, "")
+        lazy_backgrounds = _lazy_background_urls(element, resolve)
+        if lazy_backgrounds:
+            for url in lazy_backgrounds:
+                add(url, "")
+            continue
         style = element.get("style")
         if style and "(" in style:
             for url in style_image_urls(style, resolve):
@@ -327,17 +379,44 @@ def style_image_urls(style: str, resolve: _Resolve) -> list[str]:
             continue
         if "/*" in name:
             name = _CSS_COMMENT.sub("", name)
-        if name.strip().lower() not in _BACKGROUND_PROPERTIES:
-            continue
-        for image in _CSS_IMAGE.finditer(declaration.group("value")):
-            if image.group("set") is not None:
-                url = _best_url(_best(_image_set_options(image.group("set")), resolve))
-            else:
-                raw = image.group("dq") or image.group("sq") or image.group("uq") or ""
-                url = resolve(_css_unescape(raw))
-            if url is not None:
-                urls.append(url)
+        if name.strip().lower() in _BACKGROUND_PROPERTIES:
+            urls.extend(_css_value_image_urls(declaration.group("value"), resolve))
     return urls
+
+
+def stylesheet_image_urls(css: str, resolve: _Resolve) -> list[str]:
+    """Return the resolved image URLs of the background / background-image declarations of a stylesheet.
+
+    Comments are dropped, then the text inside every block (`.a{...}`, `@media ... { .b{...} }`, and the
+    declarations around nested rules) is read as a style attribute is; the preludes (selectors, at-rules)
+    outside blocks are not. One pass over the text, each part read once: linear time on any input.
+    """
+    if "/*" in css:
+        css = _CSS_COMMENT.sub("", css)
+    urls: list[str] = []
+    depth, pos, end = 0, 0, len(css)
+    while True:
+        text = _CSS_SHEET_TEXT.match(css, pos)
+        assert text is not None  # the pattern matches the empty string
+        if depth and "(" in text.group():
+            urls.extend(style_image_urls(text.group(), resolve))
+        pos = text.end()
+        if pos >= end:
+            return urls  # a block still open at the end is closed there, as a browser does
+        depth = depth + 1 if css[pos] == "{" else max(depth - 1, 0)  # a stray '}' closes nothing
+        pos += 1
+
+
+def _css_value_image_urls(value: str, resolve: _Resolve) -> Iterator[str]:
+    """The resolved URLs of a background value's url() layers and of the largest option of its image-set()s."""
+    for image in _CSS_IMAGE.finditer(value):
+        if image.group("set") is not None:
+            url = _best_url(_best(_image_set_options(image.group("set")), resolve))
+        else:
+            raw = image.group("dq") or image.group("sq") or image.group("uq") or ""
+            url = resolve(_css_unescape(raw))
+        if url is not None:
+            yield url
 
 
 def _root(response: TextResponse) -> etree._Element | None:
@@ -387,6 +466,16 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def _in_svg(element: etree._Element) -> bool:
+    return next(element.iterancestors("svg"), None) is not None
+
+
+def _data_attribute(element: etree._Element, name: str) -> str:
+    """A lazy-load attribute's value, "" when it holds a flag rather than a URL (see _URL_CHARACTER)."""
+    value = element.get(name) or ""
+    return value if _URL_CHARACTER.search(value) else ""
+
+
 def _alt_text(img: etree._Element) -> str:
     return _normalise(img.get("alt") or "") or _normalise(img.get("title") or "")
 
@@ -417,17 +506,70 @@ def _choose(
     for srcset_attributes, src_attributes in tiers:
         candidates: list[tuple[str, _Score]] = []
         for attribute in srcset_attributes:
-            value = element.get(attribute)
+            value = _attribute(element, attribute)
             if value:
                 candidates.extend(parse_srcset(value))
         best = _best(candidates, resolve)
         if best is not None:
             return best
         for attribute in src_attributes:
-            url = resolve(element.get(attribute) or "")
+            url = resolve(_attribute(element, attribute))
             if url is not None:
                 return url, _ONE_X
     return None
+
+
+def _attribute(element: etree._Element, name: str) -> str:
+    if name.startswith("data-"):
+        return _data_attribute(element, name)
+    return element.get(name) or ""
+
+
+def _link_choice(link: etree._Element, resolve: _Resolve) -> tuple[str, _Score] | None:
+    """The image of a <link rel="image_src">, or of a <link rel="preload" as="image"> whose type, if given, is
+    decodable: the largest candidate of its imagesrcset (which browsers use over its href), else its href."""
+    rel = (link.get("rel") or "").lower().split()
+    if "image_src" in rel:
+        url = resolve(link.get("href") or "")
+        return (url, _ONE_X) if url is not None else None
+    if "preload" in rel and (link.get("as") or "").strip().lower() == "image" and _decodable(link.get("type")):
+        return _choose(link, _PRELOAD_TIERS, resolve)
+    return None
+
+
+def _lazy_background_urls(element: etree._Element, resolve: _Resolve) -> list[str]:
+    """The URLs of an element's lazy background: of the first of data-bgset, data-bg, data-background-image
+    that gives any."""
+    bgset = _data_attribute(element, "data-bgset")
+    if bgset:
+        url = _best_url(_best(_bgset_candidates(bgset), resolve))
+        if url is not None:
+            return [url]
+    for attribute in _LAZY_BACKGROUND_SRC:
+        value = _data_attribute(element, attribute)
+        if not value:
+            continue
+        if _CSS_FUNCTION_START.match(value):
+            urls = list(_css_value_image_urls(value, resolve))
+        else:
+            url = resolve(value)
+            urls = [url] if url is not None else []
+        if urls:
+            return urls
+    return []
+
+
+def _bgset_candidates(value: str) -> Iterator[tuple[str, _Score]]:
+    """The srcset candidates of every set of a data-bgset whose type, if given, is decodable (the media
+    queries are ignored: every set is some screen's image)."""
+    for item in _BGSET_SEPARATOR.split(value):
+        options = _BGSET_OPTIONS.search(item)
+        if options is not None:
+            mime_type = _BGSET_TYPE.search(item, options.start())
+            if mime_type and not _decodable(mime_type.group(1)):
+                continue
+            item = item[: options.start()]
+        yield from parse_srcset(item)
 
 
 def _picture_choice(

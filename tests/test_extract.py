@@ -16,6 +16,7 @@ from crawler.extract import (
     page_links,
     page_title,
     parse_srcset,
+    stylesheet_image_urls,
 )
 
 PAGE_URL = "https://site.example/dir/page.html"
@@ -160,7 +161,9 @@ def test_unclosed_picture_does_not_swallow_later_images():
 # --- lazy loading -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attribute", ["data-src", "data-lazy-src", "data-original"])
+@pytest.mark.parametrize(
+    "attribute", ["data-src", "data-lazy-src", "data-original", "data-lazy", "data-lazyload", "data-orig-src"]
+)
 def test_lazy_src_attribute_beats_data_uri_placeholder(attribute):
     page = _page(f'<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" {attribute}="real.jpg" alt="r">')
     assert extract_images(page) == [FoundImage("https://site.example/dir/real.jpg", "r")]
@@ -171,7 +174,7 @@ def test_lazy_src_attribute_beats_tiny_gif_placeholder():
     assert _urls(page) == ["https://cdn.example/photo.jpg"]
 
 
-@pytest.mark.parametrize("attribute", ["data-srcset", "data-lazy-srcset"])
+@pytest.mark.parametrize("attribute", ["data-srcset", "data-lazy-srcset", "data-original-set"])
 def test_lazy_srcset_largest_candidate(attribute):
     page = _page(
         f'<img src="placeholder.gif" srcset="placeholder.gif 1x" data-src="mid.jpg"'
@@ -183,6 +186,20 @@ def test_lazy_srcset_largest_candidate(attribute):
 def test_lazy_attribute_without_usable_url_falls_back_to_native():
     page = _page('<img src="real.jpg" data-src="javascript:void(0)" data-srcset=" ">')
     assert _urls(page) == ["https://site.example/dir/real.jpg"]
+
+
+@pytest.mark.parametrize(
+    "attributes", ['data-lazy="true"', 'data-lazyload="1"', 'data-src="lazy" data-srcset="yes"', 'data-lazy=""']
+)
+def test_lazy_attribute_used_as_a_flag_is_no_url(attributes):
+    page = _page(f'<img src="real.jpg" {attributes} alt="r">')
+    assert extract_images(page) == [FoundImage("https://site.example/dir/real.jpg", "r")]
+
+
+def test_image_tag_outside_svg_is_an_img():
+    # The HTML parser renames <image> to <img> outside foreign content; lxml keeps the name.
+    page = _page('<image src="data:," data-src="lazy.jpg" alt="Image tag"><image href="not-an-img.jpg">')
+    assert extract_images(page) == [FoundImage("https://site.example/dir/lazy.jpg", "Image tag")]
 
 
 # --- meta and link tags ----------------------------------------------------------------------------------
@@ -231,6 +248,56 @@ def test_link_rel_image_src():
     assert _urls(_page("", head=head)) == ["https://site.example/dir/thumb.jpg"]
 
 
+def test_link_rel_preload_as_image():
+    head = (
+        '<link rel="preload" as="image" href="hero-800.jpg"'
+        ' imagesrcset="hero-800.jpg 800w, hero-1600.jpg 1600w, hero-1200.jpg 1200w" imagesizes="100vw">'
+        '<link rel="Preload" as=" IMAGE " href="/plain.jpg">'
+        '<link rel="preload" as="image" imagesrcset="no-href-1x.png, no-href-2x.png 2x">'
+        '<link rel="preload" as="image" href="bad-set.jpg" imagesrcset="data:image/png;base64,AAAA 2x">'
+        '<link rel="preload" as="image" type="image/jxl" href="undecodable.jxl">'
+        '<link rel="preload" as="font" href="font.jpg"><link rel="preload" href="no-as.jpg">'
+        '<link rel="prefetch" as="image" href="prefetch.jpg">'
+    )
+    assert _urls(_page("", head=head)) == [
+        "https://site.example/dir/hero-1600.jpg",
+        "https://site.example/plain.jpg",
+        "https://site.example/dir/no-href-2x.png",
+        "https://site.example/dir/bad-set.jpg",
+    ]
+
+
+# --- <video poster> and inline SVG ------------------------------------------------------------------------
+
+
+def test_video_poster():
+    page = _page(
+        '<video poster="poster.jpg" src="clip.mp4"><source src="clip.webm"></video>'
+        '<video poster="data:image/png;base64,AAAA"></video><video poster=""></video>'
+        '<video src="no-poster.mp4"></video><audio poster="audio.jpg"></audio>'
+    )
+    assert extract_images(page) == [FoundImage("https://site.example/dir/poster.jpg", "")]
+
+
+def test_svg_image_href_and_xlink_href():
+    page = _page(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 9 9">'
+        '<image href="svg2.png" width="9"/>'
+        '<g><image xlink:href="/legacy.jpg"/></g>'
+        '<image XLINK:HREF="upper.jpg"/>'
+        '<image href="wins.jpg" xlink:href="loses.jpg"/>'
+        '<image xlink:href="data:image/png;base64,AAAA"/>'
+        '<image src="src-is-no-svg-attribute.jpg"/>'
+        '</svg>'
+    )
+    assert _urls(page) == [
+        "https://site.example/dir/svg2.png",
+        "https://site.example/legacy.jpg",
+        "https://site.example/dir/upper.jpg",
+        "https://site.example/dir/wins.jpg",
+    ]
+
+
 # --- inline styles ----------------------------------------------------------------------------------------
 
 
@@ -275,6 +342,145 @@ def test_only_background_declarations_count():
         "https://site.example/dir/commented-name.jpg",
         "https://site.example/dir/esc(1).jpg",
     ]
+
+
+# --- lazy backgrounds -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attribute", ["data-bg", "data-background-image"])
+def test_lazy_background_url_or_css_value(attribute):
+    page = _page(
+        f'<div {attribute}="plain.jpg"></div>'
+        f'<div {attribute}="url(&quot;quoted.jpg&quot;)"></div>'
+        f'<div {attribute}=" url(one.png), linear-gradient(red, blue), url(\'two.png\')"></div>'
+        f'<div {attribute}="image-set(url(set-1x.jpg) 1x, url(set-2x.jpg) 2x)"></div>'
+        f'<div {attribute}="https://cdn.example/File:A_(b).jpg"></div>'
+        f'<div {attribute}="rgba(0, 0, 0, .5)"></div>'
+        f'<div {attribute}="data:image/gif;base64,R0lGODlhAQABAAAAACw="></div>'
+    )
+    assert _urls(page) == [
+        "https://site.example/dir/plain.jpg",
+        "https://site.example/dir/quoted.jpg",
+        "https://site.example/dir/one.png",
+        "https://site.example/dir/two.png",
+        "https://site.example/dir/set-2x.jpg",
+        "https://cdn.example/File:A_(b).jpg",
+    ]
+
+
+def test_lazy_background_replaces_the_inline_placeholder_but_not_a_flag():
+    page = _page(
+        '<div style="background-image: url(lqip.jpg)" data-bg="real.jpg"></div>'
+        '<section data-bg="dark" style="background: url(section.jpg)"></section>'
+        '<div data-bg="javascript:void(0)" style="background: url(fallback.jpg)"></div>'
+        '<div data-bg="first.jpg" data-background-image="second.jpg"></div>'
+    )
+    assert _urls(page) == [
+        "https://site.example/dir/real.jpg",
+        "https://site.example/dir/section.jpg",
+        "https://site.example/dir/fallback.jpg",
+        "https://site.example/dir/first.jpg",
+    ]
+
+
+def test_lazy_bgset_takes_the_largest_candidate_of_all_sets():
+    page = _page(
+        '<div class="lazyload" data-sizes="auto" style="background-image: url(lqip.jpg)"'
+        ' data-bgset="a-200.jpg 200w, a-900.jpg 900w [(max-width: 700px)] | b-1600.jxl 1600w [type: image/jxl]'
+        ' | b-1200.webp 1200w [--medium] [(type: image/webp)] |c-600.jpg 600w" data-bg="ignored.jpg"></div>'
+        '<div data-bgset="x.jpg?a=1|big.jpg 3x | x-2x.jpg 2x"></div>'  # a '|' inside a URL splits nothing
+        '<div data-bgset="data:image/gif;base64,R0lGOD 3x" data-bg="bg-fallback.jpg"></div>'
+    )
+    assert _urls(page) == [
+        "https://site.example/dir/b-1200.webp",
+        "https://site.example/dir/x.jpg?a=1%7Cbig.jpg",
+        "https://site.example/dir/bg-fallback.jpg",
+    ]
+
+
+def test_lazy_background_resolves_against_base_href():
+    page = _page(
+        '<div data-bg="bg.jpg"></div><p data-bgset="set.jpg 2x"></p>',
+        head='<base href="https://static.example/assets/">',
+    )
+    assert _urls(page) == ["https://static.example/assets/bg.jpg", "https://static.example/assets/set.jpg"]
+
+
+# --- <style> elements -------------------------------------------------------------------------------------
+
+
+def test_style_element_background_rules():
+    head = (
+        "<style>"
+        "/* .old { background-image: url(commented.jpg) } */"
+        ".hero{background-image:url(hero.jpg)}\n"
+        "@media (min-width: 800px) { .hero { color: red; BACKGROUND: #000 url('hero-wide.jpg') no-repeat } }\n"
+        "@supports (background: url(prelude.jpg)) { .x { background-image: image-set(url(s-1x.png) 1x,"
+        " url(s-2x.png) 2x) } }\n"
+        ".q::after { content: \"}\"; background: url(after-quoted-brace.jpg) }\n"
+        ".quote-\\' { background: url(after-escaped-quote.jpg) }\n"
+        ".card { background-image: url(nested-outer.jpg); &:hover { background: url(nested-inner.jpg) } }\n"
+        ".other { list-style-image: url(dot.png); mask: url(mask.svg); --bg: url(var.jpg) }\n"
+        "@font-face { font-family: f; src: url(font.woff2) }\n"
+        ".data { background: url(data:image/png;base64,AAAA) }"
+        "</style>"
+    )
+    assert _urls(_page("", head=head)) == [
+        "https://site.example/dir/hero.jpg",
+        "https://site.example/dir/hero-wide.jpg",
+        "https://site.example/dir/s-2x.png",
+        "https://site.example/dir/after-quoted-brace.jpg",
+        "https://site.example/dir/after-escaped-quote.jpg",
+        "https://site.example/dir/nested-outer.jpg",
+        "https://site.example/dir/nested-inner.jpg",
+    ]
+
+
+def test_style_element_unbalanced_braces():
+    # A block still open at the end is closed there; a stray '}' closes nothing.
+    assert _urls(_page("<style>} .a { background: url(open.jpg)</style>")) == ["https://site.example/dir/open.jpg"]
+    assert _urls(_page("<style>background: url(no-block.jpg)</style>")) == []
+
+
+def test_style_element_urls_come_in_its_place_and_resolve_against_base_href():
+    page = _page(
+        '<img src="before.jpg"><style>.b { background: url(sheet.jpg) }</style><img src="after.jpg">'
+        '<svg><style>.s { background-image: url(svg-sheet.png) }</style></svg>',
+        head='<base href="https://static.example/css/">',
+    )
+    assert _urls(page) == [
+        "https://static.example/css/before.jpg",
+        "https://static.example/css/sheet.jpg",
+        "https://static.example/css/after.jpg",
+        "https://static.example/css/svg-sheet.png",
+    ]
+
+
+def test_stylesheet_image_urls_on_hostile_input():
+    # Each of these takes well under a second; a backtracking parser would take hours on some.
+    def resolve(raw: str) -> str | None:
+        return absolute_image_url(raw, PAGE_URL)
+
+    hostile = [
+        "{" * 200_000,
+        "}" * 200_000,
+        "{" + "url(" * 50_000,
+        "{background:" + "url(" * 50_000,
+        "{background-image:" + "image-set(" * 40_000,
+        "{background:url('" + "\\" * 200_000,
+        ".a{background:" + " " * 200_000 + "url(",
+        "/*" * 100_000 + "{background:url(x.jpg)}",
+        "{;" * 100_000,
+        "{a" + '"' * 200_000,
+        "{background:url(" + "{}(" * 70_000,
+    ]
+    for css in hostile:
+        assert len(css) >= 200_000
+        assert stylesheet_image_urls(css, resolve) == []
+    mixed = "{background:url(a.jpg)" + "{" * 100_000 + "url(" * 25_000
+    assert stylesheet_image_urls(mixed, resolve) == ["https://site.example/dir/a.jpg"]
+    page = _page(f"<style>{hostile[3]}</style><style>{hostile[10]}</style><style>{mixed}</style><img src=b.jpg>")
+    assert _urls(page) == ["https://site.example/dir/a.jpg", "https://site.example/dir/b.jpg"]
 
 
 def test_style_on_an_img_counts_too():
@@ -432,7 +638,11 @@ def test_document_order():
         '<img data-src="4-lazy.jpg" src="data:,">'
         '<noscript><img src="5-noscript.jpg"></noscript>'
         '<link rel="image_src" href="6-link.jpg">'
-        '<meta property="og:image" content="7-og-in-body.jpg">',
+        '<meta property="og:image" content="7-og-in-body.jpg">'
+        '<video poster="8-poster.jpg"></video>'
+        '<div data-bg="9-lazy-bg.jpg"><svg><image href="10-svg.png"/></svg></div>'
+        '<style>.a { background: url(11-style.jpg) }</style>'
+        '<link rel="preload" as="image" href="12-preload.jpg">',
         head='<meta property="og:image" content="0-og.jpg">',
     )
     assert _urls(page) == [
@@ -444,6 +654,11 @@ def test_document_order():
         "https://site.example/dir/5-noscript.jpg",
         "https://site.example/dir/6-link.jpg",
         "https://site.example/dir/7-og-in-body.jpg",
+        "https://site.example/dir/8-poster.jpg",
+        "https://site.example/dir/9-lazy-bg.jpg",
+        "https://site.example/dir/10-svg.png",
+        "https://site.example/dir/11-style.jpg",
+        "https://site.example/dir/12-preload.jpg",
     ]
 
 
