@@ -341,11 +341,12 @@ class FetchPipeline:
         self.stats.inc_value("imgsearch/fetch/downloaded")
         self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
         try:
-            loaded, hashes, thumb = await asyncio.to_thread(self._decode_and_hash, response.body)
+            loaded, hashes, thumb, kept = await asyncio.to_thread(self._prepare, response.body)
         except imaging.ImageRejected as exc:
             raise FetchRejected(exc.reason, exc.detail) from exc
-        await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
-        await self._persist(thumbnail_path_for(loaded.sha256), thumb)
+        if not kept:
+            await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
+            await self._persist(thumbnail_path_for(loaded.sha256), thumb)
         item.update(phash.document_fields(hashes))
         item["http_etag"] = _header(response, b"ETag")
         item["http_last_modified"] = _header(response, b"Last-Modified")
@@ -385,13 +386,24 @@ class FetchPipeline:
         except Exception as exc:  # a decoded image these cannot handle is a counted reason, not a crash
             raise imaging.ImageRejected(imaging.DECODE_ERROR, f"hashing: {type(exc).__name__}: {exc}") from exc
 
+    def _prepare(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash], bytes, bool]:
+        """Decode, hash and make the thumbnail; into a local store, keep both files too (True when kept).
+
+        One job on the thread pool per image, not three: with the files written in jobs of their own, an
+        image's writes queued behind the decoding of every image downloaded before it."""
+        loaded, hashes, thumb = self._decode_and_hash(body)
+        if not isinstance(self.store, FSFilesStore):
+            return loaded, hashes, thumb, False
+        try:
+            self._persist_file(relative_path_for(loaded.sha256, loaded.format), body)
+            self._persist_file(thumbnail_path_for(loaded.sha256), thumb)
+        except Exception as exc:
+            raise FetchRejected("store_error", f"{type(exc).__name__}: {exc}") from exc
+        return loaded, hashes, thumb, True
+
     async def _persist(self, path: str, body: bytes) -> None:
         try:
-            if isinstance(self.store, FSFilesStore):
-                await asyncio.to_thread(self._persist_file, path, body)
-            else:
-                await maybe_deferred_to_future(defer.maybeDeferred(self.store.persist_file, path,
-                                                                   BytesIO(body), None))
+            await maybe_deferred_to_future(defer.maybeDeferred(self.store.persist_file, path, BytesIO(body), None))
         except Exception as exc:
             raise FetchRejected("store_error", f"{type(exc).__name__}: {exc}") from exc
 

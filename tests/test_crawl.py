@@ -169,6 +169,25 @@ def test_a_trickle_smaller_than_one_batch_still_finishes(crawl_env, tmp_path, es
     assert stats["finish_reason"] == "finished"
 
 
+def test_a_store_that_cannot_be_written_is_counted_and_the_crawl_goes_on(crawl_env, tmp_path, es, index_alias):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "full").write_text("a file where the folder of the originals should be")
+    with SiteServer({"/": page("Two", '<img src="/a.jpg"><img src="/b.jpg">'),
+                     "/a.jpg": Route(encode(photo_like(31, 300, 300)), JPEG),
+                     "/b.jpg": Route(encode(photo_like(32, 300, 300)), JPEG)}) as two:
+        env = {**crawl_env, "IMGSEARCH_INDEX": f"{index_alias}-store", "FILES_STORE": str(store)}
+        try:
+            stats = crawl(env, tmp_path, two.url + "/", timeout=120)
+        finally:
+            from index_setup.indices import delete_indices
+
+            delete_indices(es, f"{index_alias}-store")
+    assert stats["imgsearch/fetch/failed/store_error"] == 2
+    assert stats.get("imgsearch/index/indexed", 0) == 0
+    assert stats["finish_reason"] == "finished"
+
+
 def test_urls_file_crawls_listed_pages_and_direct_images(crawl_env, tmp_path, es, index_alias):
     alias = f"{index_alias}-listed"
     with SiteServer({"/page.html": page("Listed", '<img src="/in-page.jpg">'),
