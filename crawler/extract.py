@@ -99,9 +99,11 @@ _BACKGROUND_PROPERTIES = frozenset({"background", "background-image"})
 # Lazy background attributes, read on any element in this order; the first that gives a URL replaces the
 # inline style's background (the loaders write it into style.backgroundImage, over any placeholder there).
 _LAZY_BACKGROUND_SRC = ("data-bg", "data-background-image")  # lazysizes unveilhooks, vanilla-lazyload; lozad
-# Some sites use these attributes, data-lazy above all, as flags (data-lazy="true", data-bg="dark"): a value
-# with none of these characters is no URL, and the native attribute (or style) is read instead.
-_URL_CHARACTER = re.compile(r"[/.?]")
+# Some sites use these attributes, data-lazy above all, as flags or settings (data-lazy="true", data-lazy="0.5",
+# data-bg="dark", data-lazyload='{"threshold": 0.5}'): a value is taken for a URL only when it has a path
+# separator or a file extension (before a query, a descriptor or the end), else the native attribute (or
+# style) is read instead.
+_URL_LIKE = re.compile(r"""/|\.[A-Za-z][A-Za-z0-9]{1,4}(?=[\s?#,)'"]|$)""")
 
 # A candidate's size, comparable across candidates: any width descriptor beats any density descriptor.
 _Score = tuple[int, float]
@@ -157,7 +159,10 @@ _CSS_FUNCTION_START = re.compile(r"\s*-?[A-Za-z_][\w-]*\(")
 # (content: "}") splits nothing; a string ends at a newline as in CSS, so a stray quote cannot swallow the
 # sheet. It always matches, so the engine never backtracks.
 _CSS_SHEET_STRING = r"""(?:"(?:[^"\\\n]+|\\.)*"?|'(?:[^'\\\n]+|\\.)*'?)"""
-_CSS_SHEET_TEXT = re.compile(rf"""(?:[^{{}}"'\\]+|\\.?|{_CSS_SHEET_STRING})*""", re.S)
+# A closed, unquoted url(...) is one token too, whatever braces it holds ("url(/x{1}.jpg)"); CSS ends one at
+# a quote, a parenthesis or white space, and an unclosed one is read as text.
+_CSS_SHEET_URL = r"""[uU][rR][lL]\(\s*[^)"'\s(]*\s*\)"""
+_CSS_SHEET_TEXT = re.compile(rf"""(?:[^{{}}"'\\uU]+|{_CSS_SHEET_URL}|[uU]|\\.?|{_CSS_SHEET_STRING})*""", re.S)
 
 # lazysizes bgset: sets separated by a '|' with whitespace on at least one side, each a srcset followed by
 # optional "[media query]" / "[type: image/webp]" options (each after whitespace).
@@ -471,9 +476,9 @@ def _in_svg(element: etree._Element) -> bool:
 
 
 def _data_attribute(element: etree._Element, name: str) -> str:
-    """A lazy-load attribute's value, "" when it holds a flag rather than a URL (see _URL_CHARACTER)."""
+    """A lazy-load attribute's value, "" when it holds a flag rather than a URL (see _URL_LIKE)."""
     value = element.get(name) or ""
-    return value if _URL_CHARACTER.search(value) else ""
+    return value if _URL_LIKE.search(value) else ""
 
 
 def _alt_text(img: etree._Element) -> str:

@@ -539,9 +539,11 @@ class EmbedPipeline:
 
     async def process_item(self, item: Any) -> Any:
         """Attach `image_embedding` (and `model`) to an item carrying a decoded `image`."""
-        if item.get("known"):
-            return item
         assert self._batcher is not None, "open_spider was not called"
+        if item.get("known"):
+            # It left the fetch stage without coming here: images waiting for a batch may be all there is now.
+            self._batcher.poke()
+            return item
         image = item.pop("image")
         try:
             with self.occupancy.inside(EMBED_STAGE):

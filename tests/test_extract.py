@@ -815,3 +815,20 @@ def test_page_links_resolve_against_a_base_href_anywhere_in_the_page():
 def test_page_links_of_what_is_no_page():
     assert page_links(Response(url=PAGE_URL, body=b'<a href="a.html">')) == []
     assert page_links(_response(b"")) == []
+
+
+def test_lazy_settings_that_look_like_numbers_or_json_are_not_urls():
+    page = _page(
+        '<img src="a.jpg" data-lazy="0.5"><img src="b.jpg" data-lazyload=\'{"threshold": 0.5}\'>'
+        '<div style="background-image: url(c.jpg)" data-bg="0.6"></div>'
+        '<div style="background: url(d.png)" data-bg="bg-dark.section"></div>'
+        '<img src="e.gif" data-lazy="photo.webp"><img src="f.gif" data-src="//cdn.example/g">'
+    )
+    assert _urls(page) == ["https://site.example/dir/a.jpg", "https://site.example/dir/b.jpg",
+                           "https://site.example/dir/c.jpg", "https://site.example/dir/d.png",
+                           "https://site.example/dir/photo.webp", "https://cdn.example/g"]
+
+
+def test_a_brace_inside_an_unquoted_url_in_a_stylesheet():
+    page = _page('<style>.a{background:url(/x{1}.jpg)} .b{background-image:URL("/q{.jpg")}</style>')
+    assert _urls(page) == ["https://site.example/x%7B1%7D.jpg", "https://site.example/q%7B.jpg"]
