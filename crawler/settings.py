@@ -150,7 +150,8 @@ IMGSEARCH_IMAGE_MODEL = "sentence-transformers/clip-ViT-B-32"
 IMGSEARCH_TEXT_MODEL = "sentence-transformers/clip-ViT-B-32-multilingual-v1"
 # auto (CUDA when present, else CPU), cpu, or cuda[:N].
 IMGSEARCH_EMBED_DEVICE = "auto"
-# Images per model call; a batch is sent early after IMGSEARCH_EMBED_FLUSH_SECONDS. Unset: the size below
+# Images per model call; a batch is sent early after IMGSEARCH_EMBED_FLUSH_SECONDS, or at once when a model place
+# is free and no image is being fetched (pipelines/batching.py). Unset: the size below
 # for the device that IMGSEARCH_EMBED_DEVICE names (auto: a GPU when one is visible).
 IMGSEARCH_EMBED_BATCH_SIZE = None
 IMGSEARCH_EMBED_FLUSH_SECONDS = 0.5
@@ -161,7 +162,8 @@ IMGSEARCH_EMBED_BATCH_SIZE_GPU = 256
 IMGSEARCH_EMBED_BF16_MIN_COSINE = 0.99
 
 # --- imgsearch: index stage ---------------------------------------------------------------------------------
-# Images per bulk request; a bulk is sent early after IMGSEARCH_INDEX_FLUSH_SECONDS.
+# Images per bulk request; a bulk is sent early after IMGSEARCH_INDEX_FLUSH_SECONDS, or at once when a bulk place
+# is free and no image is being fetched or embedded.
 IMGSEARCH_INDEX_BATCH_SIZE = 200
 IMGSEARCH_INDEX_FLUSH_SECONDS = 1.0
 # Retries (exponential backoff) of a bulk or a document on 429, 5xx and connection errors.
