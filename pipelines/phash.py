@@ -19,7 +19,8 @@ to 32x32 by the same Lanczos filter written as two small matrices (:func:`_crop_
 batched matrix products instead of 19 resize calls (long strips, over ``MATRIX_MAX_SIDE``, keep the resize
 calls). That saves about 1 ms per image (2.5 instead of 3.5 ms around 320x240, the fetch stage's usual size),
 finds the same edited copies (bench/copies.py), and moves a crop's hash by about 0.1 bit on average from what
-the resize calls gave (at most 2 bits; more on flat drawings, whose DCT coefficients tie). The grey conversion runs once per image, and the 20 DCTs run as one batch.
+the resize calls gave (at most 2 bits; more on flat drawings, whose DCT coefficients tie). The grey conversion
+runs once per image, and the 20 DCTs run as one batch.
 
 Elasticsearch (8.15+) stores a hash as a ``dense_vector`` with ``element_type: "bit"``, ``dims: 64``, given either
 as 16 hex digits (:func:`to_es_bits`) or as 8 signed bytes (:func:`to_bit_vector`), first bits first. Its only
