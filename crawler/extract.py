@@ -129,7 +129,7 @@ _FLOATING_POINT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _CSS_QUOTED = r"""(?:"[^"]*"?|'[^']*'?)"""
 _CSS_PARENS = rf"""\((?:[^()"']+|{_CSS_QUOTED})*\)?"""
 _CSS_NESTED_PARENS = rf"""\((?:[^()"']+|{_CSS_QUOTED}|{_CSS_PARENS})*\)?"""
-_CSS_URL = r"""url\(\s*(?:"(?P<dq>[^"]*)"?|'(?P<sq>[^']*)'?|(?P<uq>[^)\s"']*))"""
+_CSS_URL = r"""url\(\s*(?:"(?P<dq>[^"]*)"?|'(?P<sq>[^']*)'?|(?P<uq>(?:\\.|[^)\s"'\\])*))"""
 # One declaration, or, when it has no colon, whatever runs up to the next ';'.
 _CSS_DECLARATION = re.compile(
     rf"""(?P<name>[^:;"'(]*):(?P<value>(?:[^;"'(]+|{_CSS_QUOTED}|{_CSS_NESTED_PARENS})*);?
@@ -151,9 +151,10 @@ _RESOLUTION = re.compile(r"(?<![\w.])([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)(x|dppx|d
 _TYPE_FUNCTION = re.compile(r"""type\(\s*(?:"([^"]*)"|'([^']*)')""", re.I)
 _DENSITY_UNITS = {"x": 1.0, "dppx": 1.0, "dpi": 1 / 96, "dpcm": 2.54 / 96}
 _CSS_ESCAPE = re.compile(r"\\(?:([0-9A-Fa-f]{1,6})[ \t\n\r\f]?|\n|(.))", re.S)
-# A data-bg value that starts with a CSS function (url(...), image-set(...), linear-gradient(...)) is a CSS
-# value; anything else is a URL (which may hold parentheses: ".../File:A_(b).jpg").
-_CSS_FUNCTION_START = re.compile(r"\s*-?[A-Za-z_][\w-]*\(")
+# A data-bg value that starts with an image-valued CSS function (url(), image-set(), a gradient) is a CSS
+# value; anything else is a URL, which may hold parentheses (".../File:A_(b).jpg", "IMG_1(1).jpg").
+_CSS_FUNCTION_START = re.compile(
+    r"\s*(?:url|(?:-webkit-)?image-set|(?:-webkit-|-moz-)?(?:repeating-)?(?:linear|radial|conic)-gradient)\(", re.I)
 
 # Stylesheets (<style>). The text between two braces, with strings matched whole so that a brace inside one
 # (content: "}") splits nothing; a string ends at a newline as in CSS, so a stray quote cannot swallow the
@@ -161,7 +162,7 @@ _CSS_FUNCTION_START = re.compile(r"\s*-?[A-Za-z_][\w-]*\(")
 _CSS_SHEET_STRING = r"""(?:"(?:[^"\\\n]+|\\.)*"?|'(?:[^'\\\n]+|\\.)*'?)"""
 # A closed, unquoted url(...) is one token too, whatever braces it holds ("url(/x{1}.jpg)"); CSS ends one at
 # a quote, a parenthesis or white space, and an unclosed one is read as text.
-_CSS_SHEET_URL = r"""[uU][rR][lL]\(\s*[^)"'\s(]*\s*\)"""
+_CSS_SHEET_URL = r"""[uU][rR][lL]\(\s*(?:\\.|[^)"'\s(\\])*\s*\)"""
 _CSS_SHEET_TEXT = re.compile(rf"""(?:[^{{}}"'\\uU]+|{_CSS_SHEET_URL}|[uU]|\\.?|{_CSS_SHEET_STRING})*""", re.S)
 
 # lazysizes bgset: sets separated by a '|' with whitespace on at least one side, each a srcset followed by

@@ -832,3 +832,16 @@ def test_lazy_settings_that_look_like_numbers_or_json_are_not_urls():
 def test_a_brace_inside_an_unquoted_url_in_a_stylesheet():
     page = _page('<style>.a{background:url(/x{1}.jpg)} .b{background-image:URL("/q{.jpg")}</style>')
     assert _urls(page) == ["https://site.example/x%7B1%7D.jpg", "https://site.example/q%7B.jpg"]
+
+
+def test_escaped_parentheses_in_unquoted_css_urls():
+    page = _page(r'<div style="background-image: url(/a\(1\).jpg)"></div>'
+                 r'<style>.x{background:url(/b\(2\).jpg)}</style>')
+    assert _urls(page) == ["https://site.example/a(1).jpg", "https://site.example/b(2).jpg"]
+
+
+def test_a_lazy_background_name_with_parentheses_is_a_url_not_a_css_function():
+    page = _page('<div data-bg="IMG_1(1).jpg"></div><div data-bg="url(/c.jpg)"></div>'
+                 '<div data-bg="linear-gradient(red, blue)" style="background: url(/d.jpg)"></div>')
+    assert _urls(page) == ["https://site.example/dir/IMG_1(1).jpg", "https://site.example/c.jpg",
+                           "https://site.example/d.jpg"]
