@@ -205,6 +205,7 @@ class FetchPipeline:
         self.crawler = crawler
         self.stats = crawler.stats
         self.store = store
+        self._local_store = isinstance(store, FSFilesStore)  # written from the thread pool, not through Twisted
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.min_width = min_width
@@ -341,10 +342,10 @@ class FetchPipeline:
         self.stats.inc_value("imgsearch/fetch/downloaded")
         self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
         try:
-            loaded, hashes, thumb, kept = await asyncio.to_thread(self._prepare, response.body)
+            loaded, hashes, thumb = await asyncio.to_thread(self._prepare, response.body)
         except imaging.ImageRejected as exc:
             raise FetchRejected(exc.reason, exc.detail) from exc
-        if not kept:
+        if not self._local_store:  # a local store was written by _prepare, in the same job
             await self._persist(relative_path_for(loaded.sha256, loaded.format), response.body)
             await self._persist(thumbnail_path_for(loaded.sha256), thumb)
         item.update(phash.document_fields(hashes))
@@ -386,20 +387,20 @@ class FetchPipeline:
         except Exception as exc:  # a decoded image these cannot handle is a counted reason, not a crash
             raise imaging.ImageRejected(imaging.DECODE_ERROR, f"hashing: {type(exc).__name__}: {exc}") from exc
 
-    def _prepare(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash], bytes, bool]:
-        """Decode, hash and make the thumbnail; into a local store, keep both files too (True when kept).
+    def _prepare(self, body: bytes) -> tuple[imaging.LoadedImage, list[phash.PerceptualHash], bytes]:
+        """Decode, hash and make the thumbnail; into a local store, keep both files too.
 
         One job on the thread pool per image, not three: with the files written in jobs of their own, an
         image's writes queued behind the decoding of every image downloaded before it."""
         loaded, hashes, thumb = self._decode_and_hash(body)
-        if not isinstance(self.store, FSFilesStore):
-            return loaded, hashes, thumb, False
+        if not self._local_store:
+            return loaded, hashes, thumb
         try:
             self._persist_file(relative_path_for(loaded.sha256, loaded.format), body)
             self._persist_file(thumbnail_path_for(loaded.sha256), thumb)
         except Exception as exc:
             raise FetchRejected("store_error", f"{type(exc).__name__}: {exc}") from exc
-        return loaded, hashes, thumb, True
+        return loaded, hashes, thumb
 
     async def _persist(self, path: str, body: bytes) -> None:
         try:
