@@ -476,12 +476,6 @@ def _in_svg(element: etree._Element) -> bool:
     return next(element.iterancestors("svg"), None) is not None
 
 
-def _data_attribute(element: etree._Element, name: str) -> str:
-    """A lazy-load attribute's value, "" when it holds a flag rather than a URL (see _URL_LIKE)."""
-    value = element.get(name) or ""
-    return value if _URL_LIKE.search(value) else ""
-
-
 def _alt_text(img: etree._Element) -> str:
     return _normalise(img.get("alt") or "") or _normalise(img.get("title") or "")
 
@@ -526,9 +520,12 @@ def _choose(
 
 
 def _attribute(element: etree._Element, name: str) -> str:
-    if name.startswith("data-"):
-        return _data_attribute(element, name)
-    return element.get(name) or ""
+    """An attribute's value ("" when absent); a lazy-load (data-*) one is "" too when it holds a flag or a
+    setting rather than a URL (see _URL_LIKE)."""
+    value = element.get(name) or ""
+    if name.startswith("data-") and not _URL_LIKE.search(value):
+        return ""
+    return value
 
 
 def _link_choice(link: etree._Element, resolve: _Resolve) -> tuple[str, _Score] | None:
@@ -546,13 +543,13 @@ def _link_choice(link: etree._Element, resolve: _Resolve) -> tuple[str, _Score] 
 def _lazy_background_urls(element: etree._Element, resolve: _Resolve) -> list[str]:
     """The URLs of an element's lazy background: of the first of data-bgset, data-bg, data-background-image
     that gives any."""
-    bgset = _data_attribute(element, "data-bgset")
+    bgset = _attribute(element, "data-bgset")
     if bgset:
         url = _best_url(_best(_bgset_candidates(bgset), resolve))
         if url is not None:
             return [url]
     for attribute in _LAZY_BACKGROUND_SRC:
-        value = _data_attribute(element, attribute)
+        value = _attribute(element, attribute)
         if not value:
             continue
         if _CSS_FUNCTION_START.match(value):
