@@ -37,6 +37,8 @@ class SiteServer:
         self.requests: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()  # 304 answers per path
         self.times: dict[str, list[float]] = {}  # path -> time.monotonic() of each request
+        self.answering = 0  # requests being answered now
+        self.most_at_once = 0  # the most requests answered at the same time
         self._lock = threading.Lock()
         server = self
 
@@ -44,6 +46,16 @@ class SiteServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                with server._lock:
+                    server.answering += 1
+                    server.most_at_once = max(server.most_at_once, server.answering)
+                try:
+                    self._answer()
+                finally:
+                    with server._lock:
+                        server.answering -= 1
+
+            def _answer(self) -> None:
                 path = self.path.split("#", 1)[0]
                 with server._lock:
                     server.requests[path] = server.requests[path] + 1

@@ -19,6 +19,8 @@ ROBOTSTXT_OBEY = True
 USER_AGENT = "imgsearch/0.1 (+https://github.com/imgsearch/imgsearch)"
 CONCURRENT_REQUESTS = 16
 CONCURRENT_REQUESTS_PER_DOMAIN = 4
+# Applies it to the images the fetch stage queues too (see crawler/downloader.py).
+DOWNLOADER = "crawler.downloader.Downloader"
 DOWNLOAD_DELAY = 0.25
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_START_DELAY = 0.5

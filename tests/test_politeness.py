@@ -110,6 +110,27 @@ def test_retry_after_is_waited_out_before_the_retry(crawl_settings_env, index_al
         delete_indices(es, alias)
 
 
+def test_images_are_fetched_at_most_concurrent_requests_per_domain_at_once(crawl_settings_env, index_alias, es,
+                                                                         tmp_path):
+    # The fetch stage hands every image of a page to Scrapy at once; with no download delay, the per-domain
+    # limit is all that keeps them from reaching the site together (crawler/downloader.py).
+    alias = f"{index_alias}-per-domain"
+    env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias, "CONCURRENT_REQUESTS_PER_DOMAIN": "3"}
+    images = {f"/img/{n}.jpg": Route(encode(photo_like(6200 + n, 64, 48)), JPEG, delay=0.05) for n in range(24)}
+    routes = {
+        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
+        "/": page("Many", "".join(f'<img src="{path}">' for path in images)),
+        **images,
+    }
+    try:
+        with SiteServer(routes) as site:
+            stats = crawl(env, tmp_path, site.url + "/")
+        assert stats["imgsearch/index/images_created"] == 24
+        assert site.most_at_once <= 3, f"{site.most_at_once} requests at once"
+    finally:
+        delete_indices(es, alias)
+
+
 def test_avif_and_heic_are_indexed_and_kept_as_they_came(crawl_settings_env, index_alias, es, tmp_path):
     alias = f"{index_alias}-formats"
     env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias}
