@@ -36,6 +36,7 @@ Everything here is a pure function of its arguments, safe to call from several t
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass
 
@@ -64,6 +65,8 @@ MIN_CROP_SIDE = 64
 CROP_SOURCE_SIDE = 4 * HASH_INPUT_SIDE
 # Sources up to this long are resampled by matrix products; longer strips by Pillow, crop by crop.
 MATRIX_MAX_SIDE = 1024
+# Weights kept for this many image sizes (at most 2.4 MB each, for the longest sources; 0.4 MB for a photo's).
+CROP_WEIGHTS_KEPT = 16
 # Hamming distance at or below which two hashes are the same picture (measured: edited and cropped copies within
 # 10 bits, different pictures almost never).
 MATCH_BITS = 10
@@ -194,22 +197,36 @@ def _hash_input(grey: Image.Image) -> np.ndarray:
 
 def _crop_grids(source: Image.Image, width: int, height: int) -> np.ndarray:
     """The 32x32 grids of the crops of a ``width`` x ``height`` image, taken from ``source``, a copy of it."""
-    scale_x, scale_y = source.width / width, source.height / height
-    boxes = [(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
-             for left, top, right, bottom in crop_boxes(width, height)]
     if max(source.size) > MATRIX_MAX_SIDE:
         # A long strip: dense weights over its length would take far more memory than Pillow's own resize.
+        scale_x, scale_y = source.width / width, source.height / height
         return np.stack([np.asarray(source.resize((HASH_INPUT_SIDE, HASH_INPUT_SIDE), Image.Resampling.LANCZOS,
-                                                  box=box), dtype=np.float64) for box in boxes])
+                                                  box=(left * scale_x, top * scale_y, right * scale_x,
+                                                       bottom * scale_y)), dtype=np.float64)
+                         for left, top, right, bottom in crop_boxes(width, height)])
+    rows, columns = _crop_weights(source.width, source.height, width, height)
+    # Rows first: each distinct vertical range once (the anchors share them), then each crop's columns.
+    shrunk_rows = rows[0] @ np.asarray(source, dtype=np.float32)
+    return np.matmul(shrunk_rows[rows[1]], columns[0][columns[1]].transpose(0, 2, 1)).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=CROP_WEIGHTS_KEPT)
+def _crop_weights(source_width: int, source_height: int, width: int,
+                  height: int) -> tuple[tuple[np.ndarray, list[int]], tuple[np.ndarray, list[int]]]:
+    """For the crops of a ``width`` x ``height`` image taken from a ``source_width`` x ``source_height`` copy:
+    the Lanczos weights of each distinct vertical range and which one each crop uses, then the same for the
+    horizontal ranges. Kept per size: the images of a site often share a few sizes, and building the weights
+    costs more than using them."""
+    scale_x, scale_y = source_width / width, source_height / height
+    boxes = [(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
+             for left, top, right, bottom in crop_boxes(width, height)]
     vertical = sorted({(top, bottom) for _, top, _, bottom in boxes})
     horizontal = sorted({(left, right) for left, _, right, _ in boxes})
-    rows = _lanczos_weights(source.height, vertical)
-    columns = _lanczos_weights(source.width, horizontal)
-    row_of = [vertical.index((top, bottom)) for _, top, _, bottom in boxes]
-    column_of = [horizontal.index((left, right)) for left, _, right, _ in boxes]
-    # Rows first: each distinct vertical range once (the anchors share them), then each crop's columns.
-    shrunk_rows = rows @ np.asarray(source, dtype=np.float32)
-    return np.matmul(shrunk_rows[row_of], columns[column_of].transpose(0, 2, 1)).astype(np.float64)
+    rows = _lanczos_weights(source_height, vertical)
+    columns = _lanczos_weights(source_width, horizontal)
+    rows.flags.writeable = columns.flags.writeable = False  # shared between threads
+    return ((rows, [vertical.index((top, bottom)) for _, top, _, bottom in boxes]),
+            (columns, [horizontal.index((left, right)) for left, _, right, _ in boxes]))
 
 
 def _lanczos_weights(size: int, ranges: list[tuple[float, float]]) -> np.ndarray:
