@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -165,3 +167,27 @@ class Occupancy:
     def _poke(self, **_: Any) -> None:
         for poke in self._watchers:
             poke()
+
+
+class StageCpu:
+    """CPU seconds a stage's worker threads spend on its items, for the stats (`imgsearch/<stage>/cpu_seconds`):
+    with the crawl process's own total, they tell whether the model has the cores or other work takes them."""
+
+    def __init__(self, stats: Any, stage: str) -> None:
+        self.stats = stats
+        self.key = f"imgsearch/{stage}/cpu_seconds"
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def run(self, function: Callable[..., R], *args: Any) -> R:
+        """``function(*args)`` in the calling (worker) thread, its CPU time counted whether it returns or raises."""
+        started = time.thread_time()
+        try:
+            return function(*args)
+        finally:
+            spent = time.thread_time() - started
+            with self._lock:
+                self.seconds += spent
+
+    def report(self) -> None:
+        self.stats.set_value(self.key, round(self.seconds, 3))

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from scrapy.exceptions import DropItem
 
-from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy
+from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy, StageCpu
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -503,6 +503,7 @@ class EmbedPipeline:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._batcher: Batcher[Image.Image, np.ndarray] | None = None
         self.occupancy = Occupancy.of(crawler)
+        self.cpu = StageCpu(self.stats, "embed")
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> EmbedPipeline:
@@ -533,7 +534,7 @@ class EmbedPipeline:
 
     async def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._executor, self.embedder.embed_images, images)
+        vectors = await loop.run_in_executor(self._executor, self.cpu.run, self.embedder.embed_images, images)
         self.stats.inc_value("imgsearch/embed/batches")
         return vectors
 
@@ -562,3 +563,4 @@ class EmbedPipeline:
             await self._batcher.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        self.cpu.report()

@@ -36,7 +36,7 @@ from twisted.internet import defer
 from crawler.extract import NO_IMAGE_INDEX, blocking_directive, noai_exempt
 from crawler.middlewares import RedirectNotFollowed
 from pipelines import imaging, phash
-from pipelines.batching import FETCH_STAGE, Batcher, Occupancy
+from pipelines.batching import FETCH_STAGE, Batcher, Occupancy, StageCpu
 from pipelines.indexing import url_id
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ class FetchPipeline:
         # Items being looked up, downloaded or decoded: the embed and index stages send partial batches at once
         # when there are none (see pipelines/batching.py).
         self.occupancy = Occupancy.of(crawler)
+        self.cpu = StageCpu(self.stats, "fetch")
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FetchPipeline:
@@ -273,6 +274,7 @@ class FetchPipeline:
         self._lookups = Batcher(lookup, size=100, max_wait=0.05, max_in_flight=4)
 
     async def close_spider(self) -> None:
+        self.cpu.report()
         if self._lookups is not None:
             await self._lookups.close()
         if self.client is not None:
@@ -344,7 +346,7 @@ class FetchPipeline:
         self.stats.inc_value("imgsearch/fetch/downloaded")
         self.stats.inc_value("imgsearch/fetch/bytes", len(response.body))
         try:
-            loaded, hashes, thumb = await asyncio.to_thread(self._prepare, response.body)
+            loaded, hashes, thumb = await asyncio.to_thread(self.cpu.run, self._prepare, response.body)
         except imaging.ImageRejected as exc:
             raise FetchRejected(exc.reason, exc.detail) from exc
         if not self._local_store:  # a local store was written by _prepare, in the same job

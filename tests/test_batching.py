@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy
+from pipelines.batching import EMBED_STAGE, FETCH_STAGE, Batcher, Occupancy, StageCpu
 
 TIMEOUT = 5.0  # generous upper bound for anything that should happen "soon"; never a fixed wait
 
@@ -349,3 +349,30 @@ def test_a_partial_batch_is_not_queued_behind_busy_places():
         assert handler.batches == [[0, 1, 2], [3, 4]]
 
     asyncio.run(main())
+
+
+def test_stage_cpu_counts_the_worker_threads_time_whether_the_work_returns_or_raises():
+    import concurrent.futures
+    import time
+
+    from scrapy.statscollectors import MemoryStatsCollector
+    from scrapy.utils.test import get_crawler
+
+    def spin(seconds: float, fail: bool = False) -> str:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        if fail:
+            raise ValueError("bad image")
+        return "done"
+
+    stats = MemoryStatsCollector(get_crawler())
+    cpu = StageCpu(stats, "fetch")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        done = pool.submit(cpu.run, spin, 0.05)
+        failed = pool.submit(cpu.run, spin, 0.05, True)
+        assert done.result() == "done"
+        with pytest.raises(ValueError):
+            failed.result()
+    cpu.report()
+    assert 0.1 <= stats.get_value("imgsearch/fetch/cpu_seconds") < 1.0

@@ -102,6 +102,8 @@ def test_crawl_indexes_every_valid_image_once_and_counts_every_bad_one(sites, cr
     assert stats["imgsearch/fetch/skipped/robots_disallowed"] == 1
     assert stats["imgsearch/index/images_created"] == 7
     assert stats.get("imgsearch/index/dead_lettered", 0) == 0
+    # Where the CPU went: the model's threads and the fetch stage's (decoding, hashing, thumbnails).
+    assert stats["imgsearch/embed/cpu_seconds"] > 0 and stats["imgsearch/fetch/cpu_seconds"] > 0
     assert site.fetched("/private/") == 0, "robots.txt disallows /private/"
     assert site.fetched("/img/small.png") == 0, "only the largest srcset candidate is fetched"
     assert site.fetched("/img/plain.jpg") == 1, "an image on two pages is downloaded once"
