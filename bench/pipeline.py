@@ -187,13 +187,15 @@ def wait_until_quiet(limit: float, threshold: float = 0.15, window: float = 2.0)
 
 
 class CpuTrace:
-    """CPU seconds of a child process and of this process, sampled over wall-clock time, so the CPU spent
-    between two moments known only afterwards (the crawl's start_time and finish_time) can be read off."""
+    """CPU seconds of a child process, of this process and of one more (Elasticsearch), sampled over wall-clock
+    time, so the CPU spent between two moments known only afterwards (the crawl's start_time and finish_time)
+    can be read off."""
 
-    def __init__(self, pid: int, period: float = 0.25) -> None:
+    def __init__(self, pid: int, other_pid: int | None = None, period: float = 0.25) -> None:
         self.pid = pid
+        self.other_pid = other_pid
         self.period = period
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float]] = []
         self._done = False
         self._thread = threading.Thread(target=self._run, name="cpu-trace", daemon=True)
 
@@ -201,7 +203,7 @@ class CpuTrace:
         me = resource.getrusage(resource.RUSAGE_SELF)
         child = process_cpu_seconds(self.pid)
         if child or not self.samples:
-            self.samples.append((time.time(), child, me.ru_utime + me.ru_stime))
+            self.samples.append((time.time(), child, me.ru_utime + me.ru_stime, process_cpu_seconds(self.other_pid)))
 
     def _run(self) -> None:
         while not self._done:
@@ -216,17 +218,17 @@ class CpuTrace:
         self._done = True
         self._thread.join()
 
-    def between(self, start: float, end: float) -> tuple[float, float] | None:
-        """(child, this process) CPU seconds from `start` to `end` (Unix times), interpolated."""
+    def between(self, start: float, end: float) -> tuple[float, float, float] | None:
+        """(child, this process, the other one) CPU seconds from `start` to `end` (Unix times), interpolated."""
         if len(self.samples) < 2:
             return None
 
         def at(moment: float) -> np.ndarray:
-            times = [t for t, _, _ in self.samples]
-            return np.array([np.interp(moment, times, [row[i] for row in self.samples]) for i in (1, 2)])
+            times = [row[0] for row in self.samples]
+            return np.array([np.interp(moment, times, [row[i] for row in self.samples]) for i in (1, 2, 3)])
 
-        child, me = at(end) - at(start)
-        return float(child), float(me)
+        child, me, other = at(end) - at(start)
+        return float(child), float(me), float(other)
 
 
 def peak_rss_mib() -> float:
@@ -358,11 +360,14 @@ def bench_device_decode(model, paths: list[Path], batch_size: int, bf16: bool, d
     return len(datas) / (time.perf_counter() - started), len(datas), cosine
 
 
-def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, workers: int) -> tuple[float, int]:
+def bench_embed(embedder, paths: list[Path], batch_size: int, window: int,
+                workers: int) -> tuple[float, int, dict[str, float]]:
     """(c) img/s: read + load_image in a thread pool (as the fetch stage's asyncio.to_thread does) while the
     model embeds earlier batches, `embedder.concurrency` at once (as the embed stage's workers do); at most
-    `window` images decoded ahead (the crawl's CONCURRENT_ITEMS)."""
+    `window` images decoded ahead (the crawl's CONCURRENT_ITEMS). Also the CPU seconds of the timed part: this
+    process's, and the decoding's and the model's (their threads', as the crawl's stages count theirs)."""
     from pipelines import imaging
+    from pipelines.batching import StageCpu
 
     def load(path: Path):
         return imaging.load_image(path.read_bytes())
@@ -370,6 +375,7 @@ def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, worke
     warm = [load(p).image for p in paths[:batch_size]]
     embedder.embed_images(warm)  # warm-up at this batch size
     del warm
+    decode_cpu, model_cpu = StageCpu(None, "decode"), StageCpu(None, "embed")
     at_once = embedder.concurrency
     decoding: deque[concurrent.futures.Future] = deque()
     embedding: deque[tuple[concurrent.futures.Future, int]] = deque()
@@ -378,7 +384,7 @@ def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, worke
 
     def top_up() -> None:
         for path in todo:
-            decoding.append(decoders.submit(load, path))
+            decoding.append(decoders.submit(decode_cpu.run, load, path))
             if len(decoding) >= window:
                 break
 
@@ -391,18 +397,19 @@ def bench_embed(embedder, paths: list[Path], batch_size: int, window: int, worke
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as decoders, \
             concurrent.futures.ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="embed") as models:
-        started = time.perf_counter()
+        started, own = time.perf_counter(), _own_cpu_seconds()
         top_up()
         while decoding:
             batch = [decoding.popleft().result().image for _ in range(min(batch_size, len(decoding)))]
             top_up()  # before the model call, so decoding runs during it
             while len(embedding) >= at_once:
                 finish_one()
-            embedding.append((models.submit(embedder.embed_images, batch), len(batch)))
+            embedding.append((models.submit(model_cpu.run, embedder.embed_images, batch), len(batch)))
         while embedding:
             finish_one()
         elapsed = time.perf_counter() - started
-    return embedded / elapsed, embedded
+        own = _own_cpu_seconds() - own
+    return embedded / elapsed, embedded, {"all": own, "model": model_cpu.seconds, "decode": decode_cpu.seconds}
 
 
 def decode_cost_ms(paths: list[Path], count: int = 40) -> float:
@@ -447,7 +454,7 @@ def bench_crawl(paths: list[Path], pages: int, models: tuple[Path, Path], scratc
         with open(log_path, "wb") as log, CpuWatch(es_pid) as watch:
             process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                with CpuTrace(process.pid) as trace:
+                with CpuTrace(process.pid, es_pid) as trace:
                     # wait4, not wait: it also gives the crawl process's own peak RSS and CPU time.
                     _, status, usage = os.wait4(process.pid, 0)
             except BaseException:
@@ -490,6 +497,28 @@ def steady_rate(log: str, total: int, low: float = 0.1, high: float = 0.9) -> fl
         return None
     (n1, t1), (n2, t2) = inside[0], inside[-1]
     return (n2 - n1) / (t2 - t1)
+
+
+def print_cpu_budget(crawl_cpu: tuple[float, float, float], stats: dict, indexed: int, elapsed: float,
+                     c_cpu: dict[str, float], c_images: int, c: float) -> None:
+    """Where (d)'s CPU went, per image, beside (c)'s; and d/c as the product of two factors: (c)'s CPU per image
+    over the crawl's (the crawl's extra work), and the crawl's busy cores over (c)'s (how well its work overlaps).
+    An image rate is busy cores / CPU per image, so the product is d/c exactly."""
+    crawl, server, elasticsearch = (seconds / indexed * 1000 for seconds in crawl_cpu)
+    model = stats.get("imgsearch/embed/cpu_seconds", 0) / indexed * 1000
+    fetch = stats.get("imgsearch/fetch/cpu_seconds", 0) / indexed * 1000
+    d_all = crawl + server + elasticsearch
+    c_all, c_model, c_decode = (c_cpu[k] / c_images * 1000 for k in ("all", "model", "decode"))
+    print(f"    CPU per image from start to finish: crawl process {crawl:.1f} ms = model {model:.1f} + fetch stage "
+          f"{fetch:.1f} (decode, hashes, thumbnail, store) + the rest {crawl - model - fetch:.1f} (reactor, Scrapy, "
+          f"lookups, bulk requests); Elasticsearch {elasticsearch:.1f}; the site server {server:.1f}: {d_all:.1f} ms "
+          f"in all, on {d_all * indexed / 1000 / elapsed:.2f} busy cores")
+    print(f"    (c) per image: {c_all:.1f} ms = model {c_model:.1f} + decode {c_decode:.1f} + the rest "
+          f"{c_all - c_model - c_decode:.1f}, on {c_all / 1000 * c:.2f} busy cores")
+    cpu_factor = c_all / d_all
+    busy_factor = (d_all * indexed / 1000 / elapsed) / (c_all / 1000 * c)
+    print(f"    d/c = {cpu_factor * busy_factor:.2f} = {cpu_factor:.2f} (CPU per image, (c)'s over the crawl's, all "
+          f"processes) x {busy_factor:.2f} (busy cores, the crawl's over (c)'s)")
 
 
 def _delete_index(index: str) -> None:
@@ -622,8 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"it: {b_plan:7.1f} img/s   [{watch.describe()}]")
         wait_until_quiet(args.quiet_wait)
         with CpuWatch() as watch:
-            c, embedded = bench_embed(embedder, paths, batch_size, window, workers)
-        c_cpu = watch.own
+            c, embedded, c_cpu = bench_embed(embedder, paths, batch_size, window, workers)
     finally:
         torch.set_num_threads(default_threads)
     print(f"(c) embedding module: load_image in {workers} threads ({window} ahead) + embed_images x {batch_size}, "
@@ -672,10 +700,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"first images through the fetch stage) and final flushes")
         crawl_cpu = stats["_crawl_cpu"]
         if crawl_cpu and indexed:
-            crawl, server = crawl_cpu
-            print(f"    CPU from start to finish: crawl process {crawl:.1f} s ({crawl / indexed * 1000:.0f} ms/img), "
-                  f"the site server here {server:.1f} s ({server / indexed * 1000:.1f} ms/img); (c) used "
-                  f"{c_cpu / embedded * 1000:.0f} ms/img")
+            print_cpu_budget(crawl_cpu, stats, indexed, elapsed, c_cpu, embedded, c)
         print(f"    crawl process CPU {stats['_cpu_seconds']:.1f} s in all, model load included; "
               f"precision {stats.get('imgsearch/embed/precision')}, {stats.get('imgsearch/embed/batches')} "
               f"batches, {stats.get('imgsearch/embed/concurrent_batches')} at once, index {stats['_index']} (deleted), "
