@@ -515,6 +515,18 @@ class IndexPipeline:
             item_outcomes.append(image_outcome if not image_outcome.ok else outcome)
         return item_outcomes
 
+    async def _refresh(self) -> None:
+        """Make the crawl's last writes searchable now: a search right after the crawl (a script, the demo)
+        would otherwise miss what the last bulk requests wrote until the index's next refresh."""
+        if not self.stats.get_value("imgsearch/index/bulk_requests"):
+            return
+        try:
+            await self.client.indices.refresh(index=f"{self.index},{self.sources_index},{self.urls_index}")
+        except (elastic_transport.TransportError, elasticsearch.ApiError) as exc:
+            # Everything is written; it only becomes searchable at the cluster's next refresh instead.
+            logger.warning("Could not refresh %s after the crawl (%s: %s)", self.index, type(exc).__name__,
+                           str(exc)[:200])
+
     def _dead_letter(self, action: dict[str, Any], outcome: Outcome, context: dict[str, Any] | None = None) -> None:
         self.stats.inc_value(f"imgsearch/index/failed/{outcome.reason}")
         self.stats.inc_value("imgsearch/index/dead_lettered")
@@ -526,6 +538,7 @@ class IndexPipeline:
         if self._batcher is not None:
             await self._batcher.close()
         if self.client is not None:
+            await self._refresh()
             await self.client.close()
         if self.dead_letters.count:
             self.stats.set_value("imgsearch/index/dead_letter_file", str(self.dead_letters.path))

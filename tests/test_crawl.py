@@ -249,3 +249,28 @@ def test_pages_waiting_together_for_robots_txt_all_obey_it(crawl_env, tmp_path, 
         assert site.fetched("/open/") == 6
         assert site.requests["/robots.txt"] == 1
     assert stats["imgsearch/find/failed/robots_disallowed"] == 6
+
+
+def test_a_finished_crawl_is_searchable_at_once(crawl_settings_env, index_alias, es, tmp_path):
+    from index_setup.indices import delete_indices, ensure_indices
+    from index_setup.mappings import urls_alias
+
+    alias = f"{index_alias}-searchable"
+    env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias}
+    ensure_indices(es, alias, model=env["IMGSEARCH_IMAGE_MODEL"])
+    # No periodic refresh: only the crawl's own refresh at its end can make its writes visible to a search.
+    es.indices.put_settings(index=f"{alias},{sources_alias(alias)},{urls_alias(alias)}",
+                            settings={"index.refresh_interval": "-1"})
+    routes = {
+        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
+        "/": page("Three", "".join(f'<img src="/img/{n}.jpg">' for n in range(3))),
+        **{f"/img/{n}.jpg": Route(encode(photo_like(6300 + n, 96, 64)), "image/jpeg") for n in range(3)},
+    }
+    try:
+        with SiteServer(routes) as site:
+            stats = crawl(env, tmp_path, site.url + "/")
+        assert stats["imgsearch/index/images_created"] == 3
+        assert es.count(index=alias)["count"] == 3
+        assert es.count(index=sources_alias(alias))["count"] == 3
+    finally:
+        delete_indices(es, alias)
