@@ -199,11 +199,9 @@ def _crop_grids(source: Image.Image, width: int, height: int) -> np.ndarray:
     """The 32x32 grids of the crops of a ``width`` x ``height`` image, taken from ``source``, a copy of it."""
     if max(source.size) > MATRIX_MAX_SIDE:
         # A long strip: dense weights over its length would take far more memory than Pillow's own resize.
-        scale_x, scale_y = source.width / width, source.height / height
         return np.stack([np.asarray(source.resize((HASH_INPUT_SIDE, HASH_INPUT_SIDE), Image.Resampling.LANCZOS,
-                                                  box=(left * scale_x, top * scale_y, right * scale_x,
-                                                       bottom * scale_y)), dtype=np.float64)
-                         for left, top, right, bottom in crop_boxes(width, height)])
+                                                  box=box), dtype=np.float64)
+                         for box in _source_boxes(source.width, source.height, width, height)])
     rows, columns = _crop_weights(source.width, source.height, width, height)
     # Rows first: each distinct vertical range once (the anchors share them), then each crop's columns.
     shrunk_rows = rows[0] @ np.asarray(source, dtype=np.float32)
@@ -217,9 +215,7 @@ def _crop_weights(source_width: int, source_height: int, width: int,
     the Lanczos weights of each distinct vertical range and which one each crop uses, then the same for the
     horizontal ranges. Kept per size: the images of a site often share a few sizes, and building the weights
     costs more than using them."""
-    scale_x, scale_y = source_width / width, source_height / height
-    boxes = [(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
-             for left, top, right, bottom in crop_boxes(width, height)]
+    boxes = _source_boxes(source_width, source_height, width, height)
     vertical = sorted({(top, bottom) for _, top, _, bottom in boxes})
     horizontal = sorted({(left, right) for left, _, right, _ in boxes})
     rows = _lanczos_weights(source_height, vertical)
@@ -227,6 +223,15 @@ def _crop_weights(source_width: int, source_height: int, width: int,
     rows.flags.writeable = columns.flags.writeable = False  # shared between threads
     return ((rows, [vertical.index((top, bottom)) for _, top, _, bottom in boxes]),
             (columns, [horizontal.index((left, right)) for left, _, right, _ in boxes]))
+
+
+def _source_boxes(source_width: int, source_height: int, width: int,
+                  height: int) -> list[tuple[float, float, float, float]]:
+    """The crop boxes of a ``width`` x ``height`` image, in the coordinates of a ``source_width`` x
+    ``source_height`` copy of it."""
+    scale_x, scale_y = source_width / width, source_height / height
+    return [(left * scale_x, top * scale_y, right * scale_x, bottom * scale_y)
+            for left, top, right, bottom in crop_boxes(width, height)]
 
 
 def _lanczos_weights(size: int, ranges: list[tuple[float, float]]) -> np.ndarray:
