@@ -518,10 +518,12 @@ class IndexPipeline:
     async def _refresh(self) -> None:
         """Make the crawl's last writes searchable now: a search right after the crawl (a script, the demo)
         would otherwise miss what the last bulk requests wrote until the index's next refresh."""
+        from index_setup.indices import IndexNames
+
         if not self.stats.get_value("imgsearch/index/bulk_requests"):
             return
         try:
-            await self.client.indices.refresh(index=f"{self.index},{self.sources_index},{self.urls_index}")
+            await self.client.indices.refresh(index=",".join(IndexNames.for_alias(self.index).all()))
         except (elastic_transport.TransportError, elasticsearch.ApiError) as exc:
             # Everything is written; it only becomes searchable at the cluster's next refresh instead.
             logger.warning("Could not refresh %s after the crawl (%s: %s)", self.index, type(exc).__name__,

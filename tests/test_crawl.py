@@ -252,14 +252,13 @@ def test_pages_waiting_together_for_robots_txt_all_obey_it(crawl_env, tmp_path, 
 
 
 def test_a_finished_crawl_is_searchable_at_once(crawl_settings_env, index_alias, es, tmp_path):
-    from index_setup.indices import delete_indices, ensure_indices
-    from index_setup.mappings import urls_alias
+    from index_setup.indices import IndexNames, delete_indices, ensure_indices
 
     alias = f"{index_alias}-searchable"
     env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias}
     ensure_indices(es, alias, model=env["IMGSEARCH_IMAGE_MODEL"])
     # No periodic refresh: only the crawl's own refresh at its end can make its writes visible to a search.
-    es.indices.put_settings(index=f"{alias},{sources_alias(alias)},{urls_alias(alias)}",
+    es.indices.put_settings(index=",".join(IndexNames.for_alias(alias).all()),
                             settings={"index.refresh_interval": "-1"})
     routes = {
         "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
