@@ -509,16 +509,15 @@ def print_cpu_budget(crawl_cpu: tuple[float, float, float], stats: dict, indexed
     fetch = stats.get("imgsearch/fetch/cpu_seconds", 0) / indexed * 1000
     d_all = crawl + server + elasticsearch
     c_all, c_model, c_decode = (c_cpu[k] / c_images * 1000 for k in ("all", "model", "decode"))
+    d_busy, c_busy = d_all / 1000 * indexed / elapsed, c_all / 1000 * c
     print(f"    CPU per image from start to finish: crawl process {crawl:.1f} ms = model {model:.1f} + fetch stage "
           f"{fetch:.1f} (decode, hashes, thumbnail, store) + the rest {crawl - model - fetch:.1f} (reactor, Scrapy, "
           f"lookups, bulk requests); Elasticsearch {elasticsearch:.1f}; the site server {server:.1f}: {d_all:.1f} ms "
-          f"in all, on {d_all * indexed / 1000 / elapsed:.2f} busy cores")
+          f"in all, on {d_busy:.2f} busy cores")
     print(f"    (c) per image: {c_all:.1f} ms = model {c_model:.1f} + decode {c_decode:.1f} + the rest "
-          f"{c_all - c_model - c_decode:.1f}, on {c_all / 1000 * c:.2f} busy cores")
-    cpu_factor = c_all / d_all
-    busy_factor = (d_all * indexed / 1000 / elapsed) / (c_all / 1000 * c)
-    print(f"    d/c = {cpu_factor * busy_factor:.2f} = {cpu_factor:.2f} (CPU per image, (c)'s over the crawl's, all "
-          f"processes) x {busy_factor:.2f} (busy cores, the crawl's over (c)'s)")
+          f"{c_all - c_model - c_decode:.1f}, on {c_busy:.2f} busy cores")
+    print(f"    d/c = {c_all / d_all * d_busy / c_busy:.2f} = {c_all / d_all:.2f} (CPU per image, (c)'s over the "
+          f"crawl's, all processes) x {d_busy / c_busy:.2f} (busy cores, the crawl's over (c)'s)")
 
 
 def _delete_index(index: str) -> None:
