@@ -9,7 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import elastic_transport
 import elasticsearch
+import orjson
 from elasticsearch import AsyncElasticsearch, Elasticsearch
+from elasticsearch.serializer import JsonSerializer, NdjsonSerializer
 from scrapy.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,12 +55,42 @@ def redact(text: str, settings: Settings) -> str:
     return text
 
 
+class _Orjson:
+    """Request bodies through orjson: an image document's 512 floats take about 10 us instead of about 230 us with
+    the json module, and the async client serialises a whole bulk request on the thread that runs the crawl's
+    event loop. What orjson refuses (a string with a lone surrogate, an int past 64 bits, a non-string key) goes
+    through the json module as before, both ways, so nothing fails that did not fail before."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        try:
+            return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            return super().json_dumps(data)
+
+    def json_loads(self, data: bytes) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # such a surrogate, stored, comes back
+            return super().json_loads(data)
+
+
+class FastJsonSerializer(_Orjson, JsonSerializer):
+    pass
+
+
+class FastNdjsonSerializer(_Orjson, NdjsonSerializer):
+    pass
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "hosts": es_urls(settings),
         "request_timeout": settings.getfloat("ES_REQUEST_TIMEOUT"),
         "retry_on_timeout": True,
         "max_retries": 2,
+        # The client uses them for the compatibility-mode media types too.
+        "serializers": {FastJsonSerializer.mimetype: FastJsonSerializer(),
+                        FastNdjsonSerializer.mimetype: FastNdjsonSerializer()},
     }
     if settings.get("ES_API_KEY"):
         options["api_key"] = settings.get("ES_API_KEY")

@@ -27,9 +27,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import elastic_transport
+import numpy as np
 import pytest
 
-from index_setup.client import async_es_client
+from index_setup.client import async_es_client, es_client
 from index_setup.indices import ensure_indices
 from index_setup.mappings import sources_alias
 from pipelines.indexing import (
@@ -776,6 +777,28 @@ def test_a_serialization_error_is_not_retried_as_a_connection_error(proxy, proxy
     assert proxy.bulk_count == 0
     assert outcomes[0].reason == "serialization_error"  # today: "connection_error"
     assert stats.retried == 0  # today: 3 retries (with the default backoff of 1 s: 1 + 2 + 4 s of waiting)
+
+
+def test_what_the_fast_serializer_refuses_is_written_and_read_back_as_before(es, es_settings, index):
+    # The client's bodies go through orjson, which refuses lone surrogates both ways (the json module passes them
+    # on, and Elasticsearch stores them); a page title holding one must not fail its whole bulk request.
+    image_id = new_image_id()
+    item = make_item(image_id, "https://a.example/p", title="broken \ud800 title")
+    action = source_action(sources_alias(index), item, T1)
+    outcomes = run(es_settings, lambda c: send_actions(c, [action], max_retries=0, backoff=BACKOFF))
+    assert outcomes[0].ok, outcomes[0]
+    stored = source_of(es, sources_alias(index), occurrence_id(item["image_url"], item["page_url"]))
+    assert stored["page_title"] == "broken \ud800 title"
+
+
+def test_the_clients_send_numpy_vectors_in_their_float32_digits(es_settings):
+    client = es_client(es_settings)
+    try:
+        body = client.transport.serializers.dumps([{"index": {}}, {"v": np.float32([0.1, 1 / 3])}],
+                                                  "application/vnd.elasticsearch+x-ndjson; compatible-with=8")
+    finally:
+        client.close()
+    assert body == b'{"index":{}}\n{"v":[0.1,0.33333334]}\n'
 
 
 def test_transport_retries_do_not_multiply_ours(proxy, proxy_settings, index):
