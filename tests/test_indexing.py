@@ -780,8 +780,8 @@ def test_a_serialization_error_is_not_retried_as_a_connection_error(proxy, proxy
 
 
 def test_what_the_fast_serializer_refuses_is_written_and_read_back_as_before(es, es_settings, index):
-    # The client's bodies go through orjson, which refuses lone surrogates both ways (the json module passes them
-    # on, and Elasticsearch stores them); a page title holding one must not fail its whole bulk request.
+    # The client's bodies go through orjson, which refuses lone surrogates (the json module passes them on, and
+    # Elasticsearch stores and returns them); a page title holding one must not fail its whole bulk request.
     image_id = new_image_id()
     item = make_item(image_id, "https://a.example/p", title="broken \ud800 title")
     action = source_action(sources_alias(index), item, T1)
