@@ -124,8 +124,8 @@ def knn_query(vector: list[float], k: int, num_candidates: int, filter: dict[str
 
 
 # Hashes each segment's graph search visits for the near-duplicate channel. bench/index_cost.py (20,000 images x
-# 20 crop hashes, 11 segments): a 4-bit-edited crop hash finds its image 0.993 of the time with 100, 1.000 with 200
-# (p50 3.6 -> 4.5 ms); 64-bit Hamming distances tie often, which makes a graph walk end early.
+# 20 crop hashes, 11 segments): a 4-bit-edited crop hash finds its image 0.997 of the time with 100, 1.000 with 200
+# (p50 5.1 -> 5.6 ms); 64-bit Hamming distances tie often, which makes a graph walk end early.
 NEAR_CANDIDATES = 200
 
 
