@@ -445,10 +445,10 @@ def _html_selector(response: TextResponse) -> Selector:
     try:
         selector = response.selector
     except ValueError:
-        # Scrapy resolves the page's <base href> as it builds its selector, and raises (UnicodeEncodeError)
-        # when the href's query holds a character the page's encoding cannot encode: a byte the charset leaves
-        # undefined, or a character reference. The base is resolved here (_base_url), so the page is parsed
-        # without Scrapy's.
+        # Scrapy resolves the page's <base href> as it builds its selector, and with w3lib < 2.6 (which Scrapy
+        # 2.19 allows) raises UnicodeEncodeError when the href's query holds a character the page's encoding
+        # cannot encode, such as the U+FFFD of a byte the charset leaves undefined. The base is resolved here
+        # (_base_url), so the page is parsed without Scrapy's.
         selector = None
     if selector is None or selector.type != "html":
         # An XML response (XHTML sent as text/xml, a feed) is read as HTML too: namespaces and case would

@@ -176,6 +176,7 @@ def markup_encoding_override(content_type: str | None, body: bytes, encoding: st
     cannot be true: the HTML standard's encoding sniffing reads a meta-declared UTF-16 as UTF-8, and so does
     this (UTF-32 too, which browsers do not know at all). A BOM or a Content-Type charset decides before the
     markup does, and is kept whatever it says; so is a UTF-16 that Scrapy inferred from the bytes themselves.
+    Needed with w3lib < 2.6 (which Scrapy 2.19 allows); 2.6 sniffs as the standard says and this returns None.
     """
     if not encoding.lower().replace("_", "-").startswith(_NOT_ASCII_COMPATIBLE):
         return None

@@ -114,22 +114,30 @@ def test_a_meta_refresh_loop_is_counted():
 ASCII_PAGE = '<html><head><meta charset="{}"><title>x</title></head><body><img src="a.jpg"></body></html>'
 
 
+def _read(body: bytes, content_type: str | None = None) -> TextResponse:
+    """A page as the spiders get it: Scrapy's own encoding choice, then MarkupEncodingMiddleware."""
+    url = f"{SITE}/p.html"
+    headers = {"Content-Type": content_type} if content_type else {}
+    return MarkupEncodingMiddleware().process_response(Request(url), HtmlResponse(url, body=body, headers=headers))
+
+
 @pytest.mark.parametrize("declared", ["utf-16", "UTF-16LE", "utf-16be", "utf-32"])
 def test_a_meta_charset_of_utf16_over_ascii_is_read_as_utf8(declared):
-    body = ASCII_PAGE.format(declared).encode()
-    assert markup_encoding_override("text/html", body, declared) == "utf-8"
-    url = f"{SITE}/p.html"
-    response = MarkupEncodingMiddleware().process_response(Request(url), HtmlResponse(url, body=body))
-    assert response.encoding == "utf-8"
+    page = ASCII_PAGE.format(declared).replace("<title>x", "<title>caf\u00e9")
+    response = _read(page.encode())
+    assert "<title>caf\u00e9</title>" in response.text
     assert [found.image_url for found in extract_images(response)] == [f"{SITE}/a.jpg"]
 
 
 def test_the_http_equiv_and_xml_declarations_too():
-    http_equiv = b'<meta http-equiv="Content-Type" content="text/html; charset=utf-16le"><img src="a.jpg">'
-    xml = b'<?xml version="1.0" encoding="UTF-16"?><html><body><img src="a.jpg"/></body></html>'
+    http_equiv = (b'<meta http-equiv="Content-Type" content="text/html; charset=utf-16le"><title>caf\xc3\xa9</title>'
+                  b'<img src="a.jpg">')
+    xml = (b'<?xml version="1.0" encoding="UTF-16"?><html><head><title>caf\xc3\xa9</title></head>'
+           b'<body><img src="a.jpg"/></body></html>')
     for body in (http_equiv, xml):
-        response = HtmlResponse(f"{SITE}/p.html", body=body)
-        assert markup_encoding_override(None, body, response.encoding) == "utf-8"
+        response = _read(body)
+        assert "<title>caf\u00e9</title>" in response.text
+        assert [found.image_url for found in extract_images(response)] == [f"{SITE}/a.jpg"]
 
 
 def test_utf8_text_survives_the_override():
