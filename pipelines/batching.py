@@ -42,7 +42,7 @@ class Batcher(Generic[T, R]):
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # Bounds the batches being handled at once, so a slow consumer pushes back on the callers.
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight = asyncio.Semaphore(self._max_in_flight)
         # True when no item is on its way to this batcher: what is pending is all there will be for now.
         self._upstream_idle = upstream_idle
 

@@ -165,12 +165,14 @@ def test_close_flushes_and_waits_for_every_batch():
     assert batches == [[0, 1], [2, 3], [4]]
 
 
-def test_close_with_nothing_pending_returns():
+def test_close_with_nothing_pending_sends_no_batch():
     async def main():
-        batcher = Batcher(Recorder(), size=2, max_wait=60)
+        handler = Recorder()
+        batcher = Batcher(handler, size=2, max_wait=60)
         await asyncio.wait_for(batcher.close(), TIMEOUT)
+        return handler.batches
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == []
 
 
 def test_a_handler_error_reaches_every_caller_of_that_batch_and_no_other():
@@ -230,17 +232,18 @@ def test_the_batcher_keeps_working_after_a_failed_batch():
     assert asyncio.run(main()) == 2
 
 
-@pytest.mark.parametrize("max_in_flight", [1, 2, 3])
-def test_max_in_flight_bounds_concurrent_handler_calls(max_in_flight):
+# A setting of 0 (or less) means one batch at a time, never none.
+@pytest.mark.parametrize(("max_in_flight", "bound"), [(1, 1), (2, 2), (3, 3), (0, 1)])
+def test_max_in_flight_bounds_concurrent_handler_calls(max_in_flight, bound):
     async def main():
         gate = asyncio.Event()
         handler = Recorder(gate)
         batcher = Batcher(handler, size=1, max_wait=60, max_in_flight=max_in_flight)
         tasks = [asyncio.create_task(batcher.submit(i)) for i in range(8)]
-        await wait_until(lambda: handler.running == max_in_flight)
+        await wait_until(lambda: handler.running == bound)
         await settle(50)
-        assert handler.running == max_in_flight, "more batches handled at once than max_in_flight"
-        assert len(handler.batches) == max_in_flight
+        assert handler.running == bound, "more batches handled at once than max_in_flight"
+        assert len(handler.batches) == bound
         gate.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
         await batcher.close()
@@ -248,7 +251,7 @@ def test_max_in_flight_bounds_concurrent_handler_calls(max_in_flight):
 
     results, handler = asyncio.run(main())
     assert results == [f"result-{i}" for i in range(8)]
-    assert handler.max_running == max_in_flight
+    assert handler.max_running == bound
     assert sorted(b[0] for b in handler.batches) == list(range(8))
 
 
