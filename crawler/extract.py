@@ -272,12 +272,13 @@ def page_title(response: TextResponse) -> str:
 
 # Directives by which a site asks not to have its images indexed or used for AI (X-Robots-Tag, robots meta).
 NO_IMAGE_INDEX = frozenset({"noai", "noimageai", "noimageindex"})
-BOT_NAME = "imgsearch"
 
 
-def robots_directives(values: Iterable[str], bot: str = BOT_NAME) -> set[str]:
+def robots_directives(values: Iterable[str], bot: str) -> set[str]:
     """The directives in X-Robots-Tag header values or robots meta contents that apply to `bot`: those with no
-    user-agent prefix, and those prefixed with `bot:` ("googlebot: noindex" applies to googlebot only)."""
+    user-agent prefix, and those prefixed with `bot:` ("googlebot: noindex" applies to googlebot only). `bot` is
+    the crawl's BOT_NAME."""
+    bot = bot.lower()
     found: set[str] = set()
     for value in values:
         prefix, colon, rest = value.partition(":")
@@ -290,7 +291,7 @@ def robots_directives(values: Iterable[str], bot: str = BOT_NAME) -> set[str]:
     return found
 
 
-def blocking_directive(values: Iterable[str], bot: str = BOT_NAME) -> str | None:
+def blocking_directive(values: Iterable[str], bot: str) -> str | None:
     """The first of noai / noimageai / noimageindex among the directives for `bot`, or None."""
     found = robots_directives(values, bot)
     return next((d for d in sorted(NO_IMAGE_INDEX) if d in found), None)
@@ -304,8 +305,10 @@ def noai_exempt(settings: Any, url: str) -> bool:
     return any(host == d or host.endswith("." + d) for d in exempt)
 
 
-def page_directive_values(response: TextResponse) -> list[str]:
-    """X-Robots-Tag headers and the contents of <meta name="robots"> / <meta name="imgsearch">."""
+def page_directive_values(response: TextResponse, bot: str) -> list[str]:
+    """X-Robots-Tag headers and the contents of <meta name="robots"> / <meta name="`bot`"> (the crawl's
+    BOT_NAME)."""
+    bot = bot.lower()
     values = [v.decode("latin-1") for v in response.headers.getlist(b"X-Robots-Tag")]
     root = _root(response)
     if root is not None:
@@ -313,8 +316,8 @@ def page_directive_values(response: TextResponse) -> list[str]:
             name = (meta.get("name") or "").strip().lower()
             if name == "robots":
                 values.append(meta.get("content") or "")
-            elif name == BOT_NAME:
-                values.append(f"{BOT_NAME}: {meta.get('content') or ''}")
+            elif name == bot:
+                values.append(f"{bot}: {meta.get('content') or ''}")
     return values
 
 

@@ -339,7 +339,8 @@ class FetchPipeline:
         response = await self._download(url, headers, expect_304=bool(known and known.conditional_headers()))
         if response.status == 304:
             return None
-        directive = blocking_directive(v.decode("latin-1") for v in response.headers.getlist(b"X-Robots-Tag"))
+        directive = blocking_directive((v.decode("latin-1") for v in response.headers.getlist(b"X-Robots-Tag")),
+                                       self.crawler.settings.get("BOT_NAME"))
         if directive and not (noai_exempt(self.crawler.settings, url)
                               or (page_url and noai_exempt(self.crawler.settings, page_url))):
             raise FetchRejected(directive, "X-Robots-Tag")

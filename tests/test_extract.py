@@ -749,7 +749,7 @@ def test_a_base_href_the_page_encoding_cannot_encode_still_yields_images_and_lin
     assert links[0] == "https://site.example/g/next.html"
     assert len(links) == 2 and links[1].startswith("https://site.example/g/q?x=%")
     assert page_title(response) == "Base"
-    assert page_directive_values(response) == ["noimageindex"]
+    assert page_directive_values(response, "imgsearch") == ["noimageindex"]
     assert "Cannot parse" not in caplog.text
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from scrapy.http import HtmlResponse
 
-from crawler.extract import blocking_directive, robots_directives
+from crawler.extract import blocking_directive, page_directive_values, robots_directives
 from crawler.middlewares import retry_after_seconds
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
 from index_setup.indices import delete_indices
@@ -32,11 +33,19 @@ JPEG = "image/jpeg"
     ([], None),
 ])
 def test_blocking_directives_apply_only_to_us(values, expected):
-    assert blocking_directive(values) == expected
+    assert blocking_directive(values, "imgsearch") == expected
 
 
 def test_directives_for_another_bot_are_ignored():
-    assert robots_directives(["googlebot: noai", "noindex"]) == {"noindex"}
+    assert robots_directives(["googlebot: noai", "noindex"], "imgsearch") == {"noindex"}
+
+
+def test_the_directives_follow_the_crawls_bot_name():
+    # A crawl run under BOT_NAME=Mybot obeys directives addressed to mybot, no longer those to imgsearch.
+    assert blocking_directive(["mybot: noimageai", "imgsearch: noai"], "Mybot") == "noimageai"
+    page = HtmlResponse("https://site.example/p.html", body=b'<meta name="mybot" content="noai"><img src="a.jpg">')
+    assert blocking_directive(page_directive_values(page, "Mybot"), "Mybot") == "noai"
+    assert blocking_directive(page_directive_values(page, "imgsearch"), "imgsearch") is None
 
 
 def test_retry_after_reads_seconds_and_dates():

@@ -59,7 +59,8 @@ class ImageSpider(scrapy.Spider):
         if not isinstance(response, TextResponse) or content_type.startswith("image/"):
             yield ImageItem(page_url=response.url, page_title="", alt_text="", image_url=response.url)
             return
-        directive = blocking_directive(page_directive_values(response))
+        bot = self.settings.get("BOT_NAME")
+        directive = blocking_directive(page_directive_values(response, bot), bot)
         if directive and not noai_exempt(self.settings, response.url):
             # The site asks that this page's images not be indexed; its links are still followed.
             self.crawler.stats.inc_value(f"imgsearch/find/skipped/{directive}")

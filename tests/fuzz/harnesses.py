@@ -38,7 +38,7 @@ def extract(data: bytes) -> None:
             raise AssertionError(f"alt text {found.alt_text!r}")
     if not isinstance(page_title(response), str):
         raise AssertionError("page_title did not return a string")
-    page_directive_values(response)
+    page_directive_values(response, "imgsearch")
 
 
 def image(data: bytes) -> None:
