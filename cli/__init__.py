@@ -232,13 +232,14 @@ def cmd_index_create(args: argparse.Namespace) -> int:
 def cmd_index_upgrade(args: argparse.Namespace) -> int:
     from index_setup.indices import IndexConflict, IndexMissing, upgrade_indices
     from pipelines.fetch import StoredHashes
+    from pipelines.store import local_store
 
     settings = _settings(args)
     client = _client(settings)
     _check_cluster(client, settings)
     store = settings.get("FILES_STORE")
-    hashes = None if "://" in store and not store.startswith("file://") else StoredHashes(
-        store, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
+    root = local_store(store)
+    hashes = None if root is None else StoredHashes(root, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
     try:
         outcome = upgrade_indices(client, settings.get("IMGSEARCH_INDEX"), transform_image=hashes, progress=print)
     except (IndexConflict, IndexMissing) as exc:

@@ -15,11 +15,13 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from index_setup.indices import IndexConflict, IndexMissing
     from index_setup.reembed import StoredOriginals, reembed
     from pipelines.embedding import Embedder, ModelUnavailable, check_model
+    from pipelines.store import local_store
 
     settings = _settings(args)
     alias = settings.get("IMGSEARCH_INDEX")
     store = args.store or settings.get("FILES_STORE")
-    if "://" in store and not store.startswith("file://"):
+    root = local_store(store)
+    if root is None:
         raise CliError(f"the image store {store} is not a local folder: reembed reads the originals from a folder "
                        f"(copy them to one and give it with --store)")
     if args.batch_size is not None and args.batch_size < 1:
@@ -34,7 +36,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
                         device=settings.get("IMGSEARCH_EMBED_DEVICE"),
                         bf16_min_cosine=settings.getfloat("IMGSEARCH_EMBED_BF16_MIN_COSINE"),
                         batch_size=args.batch_size or settings.getint("IMGSEARCH_EMBED_BATCH_SIZE"))
-    originals = StoredOriginals(embedder, store, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
+    originals = StoredOriginals(embedder, root, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
     missing_file = open(args.missing_file, "a", encoding="utf-8") if args.missing_file else None  # noqa: SIM115
 
     def on_missing(hit: dict[str, Any], reason: str) -> None:

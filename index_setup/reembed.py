@@ -123,9 +123,9 @@ class StoredOriginals:
     ahead of the chunk being embedded; each is checked against its id (SHA-256 of the bytes).
     """
 
-    def __init__(self, embedder: Embedder, files_store: str, *, max_pixels: int, workers: int = 2) -> None:
+    def __init__(self, embedder: Embedder, base: Path, *, max_pixels: int, workers: int = 2) -> None:
         self.embedder = embedder
-        self.base = Path(files_store.removeprefix("file://")).expanduser()
+        self.base = base
         self.max_pixels = max_pixels
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers),
                                                            thread_name_prefix="imgsearch-originals")

@@ -38,6 +38,7 @@ from crawler.middlewares import RedirectNotFollowed
 from pipelines import imaging, phash
 from pipelines.batching import FETCH_STAGE, Batcher, Occupancy, StageCpu
 from pipelines.indexing import url_id
+from pipelines.store import local_store
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -178,12 +179,19 @@ def download_failure_reason(exc: BaseException) -> str:
     return "download_error"
 
 
+def _files_store(crawler: Crawler) -> Any:
+    """Scrapy's own store for FILES_STORE: a folder (as local_store reads it), s3://, gs://, ftp:// (configured
+    the way its FilesPipeline does)."""
+    root = local_store(crawler.settings.get("FILES_STORE"))
+    return FSFilesStore(str(root)) if root is not None else FilesPipeline.from_crawler(crawler).store
+
+
 class StoredHashes:
     """Perceptual hashes of already indexed images, computed from the originals the crawl kept in a local
     FILES_STORE: `imgsearch index upgrade` fills in an older index's image documents with it."""
 
-    def __init__(self, files_store: str, *, max_pixels: int) -> None:
-        self.base = Path(files_store.removeprefix("file://"))
+    def __init__(self, base: Path, *, max_pixels: int) -> None:
+        self.base = base
         self.max_pixels = max_pixels
         self.missing = 0
 
@@ -236,8 +244,7 @@ class FetchPipeline:
         settings = crawler.settings
         pipeline = cls(
             crawler=crawler,
-            # Scrapy's own stores (a folder, s3://, gs://, ftp://), configured the way its FilesPipeline does.
-            store=FilesPipeline.from_crawler(crawler).store,
+            store=_files_store(crawler),
             max_bytes=settings.getint("IMGSEARCH_FETCH_MAX_BYTES"),
             max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"),
             min_width=settings.getint("IMGSEARCH_FETCH_MIN_WIDTH"),

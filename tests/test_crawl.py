@@ -190,6 +190,33 @@ def test_a_store_that_cannot_be_written_is_counted_and_the_crawl_goes_on(crawl_e
     assert stats["finish_reason"] == "finished"
 
 
+@pytest.mark.parametrize("spelling", ["~/store", "file://{home}/store"])
+def test_the_store_is_where_the_page_and_the_upgrade_look_however_it_is_spelled(spelling, crawl_env, tmp_path, es,
+                                                                               index_alias, monkeypatch):
+    from pipelines.store import local_store
+    from web.store import ImageStore
+
+    home = tmp_path / "home"
+    files_store = spelling.format(home=home)
+    data = encode(photo_like(33, 300, 300))
+    with SiteServer({"/": page("Kept", '<img src="/a.jpg">'), "/a.jpg": Route(data, JPEG)}) as site:
+        env = {**crawl_env, "IMGSEARCH_INDEX": f"{index_alias}-spelled", "FILES_STORE": files_store, "HOME": str(home)}
+        try:
+            stats = crawl(env, tmp_path, site.url + "/", timeout=120)
+        finally:
+            from index_setup.indices import delete_indices
+
+            delete_indices(es, f"{index_alias}-spelled")
+    assert stats["imgsearch/index/indexed"] == 1
+    sha = hashlib.sha256(data).hexdigest()
+    assert (home / "store" / "full" / sha[:2] / f"{sha}.jpg").read_bytes() == data
+    monkeypatch.setenv("HOME", str(home))
+    assert local_store(files_store) == home / "store"  # what `index upgrade` and `reembed` read
+    store = ImageStore(files_store, max_bytes=1 << 30, max_pixels=10**8)
+    assert store.original(sha) == data
+    assert store.thumbnail(sha) == home / "store" / "thumbs" / sha[:2] / f"{sha}.jpg", "the crawl's own thumbnail"
+
+
 def test_urls_file_crawls_listed_pages_and_direct_images(crawl_env, tmp_path, es, index_alias):
     alias = f"{index_alias}-listed"
     with SiteServer({"/page.html": page("Listed", '<img src="/in-page.jpg">'),

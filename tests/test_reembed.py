@@ -201,7 +201,7 @@ def test_an_interrupted_reembed_resumes_and_catches_up_with_crawl_writes(crawled
     new = reembed_index_name(index_alias, models["small"])
     settings = load_settings(crawled)
     originals = StoredOriginals(Embedder(models["small"], settings.get("IMGSEARCH_TEXT_MODEL"), device="cpu"),
-                                crawled["FILES_STORE"], max_pixels=10**8)
+                                Path(crawled["FILES_STORE"]), max_pixels=10**8)
     try:
         with pytest.raises(Interrupted):
             reembed(es, index_alias, InterruptAfter(originals, 1), chunk=3)

@@ -12,10 +12,10 @@ import functools
 import io
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pipelines import imaging
 from pipelines.fetch import thumbnail, thumbnail_path_for
+from pipelines.store import local_store
 
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MADE_THUMBNAILS_KEPT = 256
@@ -23,7 +23,7 @@ MADE_THUMBNAILS_KEPT = 256
 
 class ImageStore:
     def __init__(self, files_store: str, *, max_bytes: int, max_pixels: int) -> None:
-        self.root = _local_root(files_store)
+        self.root = local_store(files_store)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._made = functools.lru_cache(maxsize=MADE_THUMBNAILS_KEPT)(self._make_thumbnail)
@@ -60,14 +60,6 @@ class ImageStore:
         except (OSError, imaging.ImageRejected):
             return None
         return thumbnail(loaded.image)
-
-
-def _local_root(files_store: str) -> Path | None:
-    """The store's folder, or None for a remote store (s3://, gs://, ...)."""
-    if "://" in files_store:
-        parts = urlsplit(files_store)
-        return Path(parts.path) if parts.scheme == "file" else None
-    return Path(files_store).expanduser()
 
 
 def query_preview(data: bytes, *, max_bytes: int, max_pixels: int, side: int = 160) -> bytes | None:
