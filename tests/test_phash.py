@@ -325,7 +325,17 @@ def test_hamming():
         hamming(-1, 0)
 
 
-def test_hamming_from_score():
-    # Elasticsearch scores a bit-vector kNN hit (64 - hamming) / 64.
-    for distance in range(HASH_BITS + 1):
-        assert hamming_from_score((HASH_BITS - distance) / HASH_BITS) == distance
+def test_hamming_from_score_reads_the_distance_of_a_real_near_duplicate_hit(es, index_alias):
+    from index_setup.indices import ensure_indices
+    from query.builders import near_query
+
+    ensure_indices(es, index_alias, dims=8, model="test-model")
+    stored = 0x0123_4567_89AB_CDEF
+    es.index(index=index_alias, id="one", refresh=True, document={
+        "phash": to_hex(stored), "phash_crops": [{"crop": WHOLE, "hash": to_es_bits(stored)}]})
+    for distance in (0, 1, 5, 12, 31, 64):
+        query = stored ^ ((1 << distance) - 1)  # the lowest `distance` bits flipped
+        hits = es.search(index=index_alias, knn=near_query(to_hex(query), k=1, max_bits=HASH_BITS),
+                         source=False)["hits"]["hits"]
+        assert [hit["_id"] for hit in hits] == ["one"]
+        assert hamming_from_score(hits[0]["_score"]) == distance == hamming(stored, query)
