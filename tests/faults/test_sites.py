@@ -120,8 +120,9 @@ def test_the_crawl_ends_by_itself_and_indexes_nothing_else(hostile, fault_table)
                     f"{hostile.indexed} images indexed of {hostile.expected} valid; skipped "
                     f"{result.reasons('imgsearch/fetch/skipped/')}", len(hostile.lost))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.seconds < 120, "the crawl ends within its timeouts"
-    assert hostile.indexed <= hostile.expected, "nothing but the valid images is indexed"
+    assert result.stats.get("finish_reason") == "finished", "the crawl ends by itself, within its timeouts"
+    assert hostile.lost == [], "every valid image is indexed"
+    assert hostile.indexed == hostile.expected, "nothing but the valid images is indexed"
 
 
 def test_no_traceback_in_the_log(hostile, fault_table):
