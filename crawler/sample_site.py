@@ -26,6 +26,7 @@ class Route:
     status: int = 200
     headers: dict[str, str] | None = None  # an ETag or Last-Modified here is honoured in conditional requests
     delay: float = 0.0  # seconds before answering (a slow site)
+    gate: threading.Event | None = None  # answered once it is set (a site held still while a test looks); 60 s at most
     then: Route | None = None  # served once, then replaced by `then` (e.g. a 429, then the page)
 
 
@@ -68,6 +69,8 @@ class SiteServer:
                     route = Route(b"<html><body>not found</body></html>", status=404)
                 if route.delay:
                     time.sleep(route.delay)
+                if route.gate is not None:
+                    route.gate.wait(60)
                 headers = route.headers or {}
                 if route.status == 200 and self._unchanged(headers):
                     with server._lock:

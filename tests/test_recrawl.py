@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -188,9 +189,10 @@ def test_a_second_run_of_the_same_job_is_refused_at_once(crawl_settings_env, ali
     env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias}
     job = tmp_path / "job"
     routes = gallery_site(2, 3)
+    held = threading.Event()  # the first run's images wait until the second run has been refused
     for path, route in routes.items():
         if path.startswith("/img/"):
-            route.delay = 1.0  # long enough for the second run to meet the first
+            route.gate = held
     with SiteServer(routes) as site:
         args = [sys.executable, "-m", "cli", "crawl", "--job-dir", str(job), site.url + "/"]
         first = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -204,9 +206,11 @@ def test_a_second_run_of_the_same_job_is_refused_at_once(crawl_settings_env, ali
             assert "another run of this job is in progress" in second.stderr
             assert f"pid {first.pid}" in second.stderr
             assert "Traceback" not in second.stderr
+            held.set()
             out, err = first.communicate(timeout=240)
             assert first.returncode == 0, err[-3000:]
         finally:
+            held.set()
             if first.poll() is None:
                 first.kill()
         # The lock goes with the process: the next run of the job goes ahead.

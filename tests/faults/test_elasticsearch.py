@@ -148,7 +148,9 @@ def test_429_with_retry_after_to_a_third_of_the_bulks(es, alias, fault_env, prox
 def test_a_cluster_answering_bulks_in_5_s_slows_the_crawl_without_buffering_it(es, alias, fault_env, proxy, site,
                                                                                tmp_path, fault_table):
     proxy.delay = 5.0
-    env = es_env(fault_env, proxy, IMGSEARCH_INDEX_BATCH_SIZE="25", IMGSEARCH_INDEX_FLUSH_SECONDS="2")
+    in_flight = 20  # fewer than the site's images, so that the bound is reached
+    env = es_env(fault_env, proxy, IMGSEARCH_INDEX_BATCH_SIZE="25", IMGSEARCH_INDEX_FLUSH_SECONDS="2",
+                 IMGSEARCH_FETCH_MAX_IN_FLIGHT=str(in_flight))
     crawl = Crawl([site.url + "/"], env, tmp_path)
     ahead = []  # images downloaded but not yet written, sampled through the crawl
 
@@ -169,6 +171,9 @@ def test_a_cluster_answering_bulks_in_5_s_slows_the_crawl_without_buffering_it(e
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert (lost, images, sources, urls) == (0, IMAGES, OCCURRENCES, IMAGES)
+    assert proxy.delayed >= 2, "the bulks were slowed"
+    # Downloads wait for the index: no more images between the two than the fetch stage lets through.
+    assert max(ahead) <= in_flight, ahead
 
 
 BIG_PAGES, BIG_PER_PAGE = 25, 10  # 250 images
