@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import weaker_setup
 from tests.fuzz.report import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,4 +36,6 @@ def test_fuzz_target_runs_without_a_crash(target, tmp_path):
     record(target, engine, int(done.group(1)) if done else 0, int(done.group(2)) if done else 0, len(crashes),
            len(list((ROOT / "tests/fuzz/corpus" / target).iterdir())))
     assert result.returncode == 0 and not crashes, f"{crashes}\n{output[-6000:]}"
+    if engine != "atheris":  # requirements.lock has it for CI's platform: random mutations find far less
+        weaker_setup("atheris is not installed: the harness ran on random mutations only")
     assert done and int(done.group(1)) >= runs, output[-3000:]
