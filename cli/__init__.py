@@ -1,4 +1,4 @@
-"""The `imgsearch` command: parses arguments, calls the packages, formats their answers.
+"""The `imgsearch` command line: the parser, the commands that live here, and one error contract.
 
 Every error a user can cause or meet (Elasticsearch unreachable, an index missing, a bad file) ends as one
 line on stderr and exit status 2, never a traceback.
@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from crawler.config import load_settings
 
@@ -324,19 +324,65 @@ def crawl_exit_status(stats: dict) -> int:
     return 0
 
 
+def _setting_pairs(pairs: list[str] | None) -> dict[str, str]:
+    """`-s NAME=VALUE` options as a dict, as `scrapy crawl -s` takes them."""
+    settings = {}
+    for pair in pairs or []:
+        name, equals, value = pair.partition("=")
+        if not equals or not name.strip():
+            raise CliError(f"-s {pair!r}: give a setting as NAME=VALUE")
+        settings[name.strip()] = value
+    return settings
+
+
+def check_store(files_store: str) -> None:
+    """A remote FILES_STORE whose client library is missing is refused before the crawl, not item by item."""
+    import importlib.util
+
+    from pipelines.store import local_store
+
+    if local_store(files_store) is not None:
+        return
+    scheme = files_store.split("://", 1)[0].lower()
+    needs = {"s3": ("botocore", "pip install 'imgsearch[s3]'"),
+             "gs": ("google.cloud.storage", "pip install google-cloud-storage")}.get(scheme)
+    if scheme not in ("s3", "gs", "ftp"):
+        raise CliError(f"FILES_STORE {files_store}: a folder, or an s3://, gs:// or ftp:// URL")
+    if needs and importlib.util.find_spec(needs[0].split(".")[0]) is None:
+        raise CliError(f"FILES_STORE {files_store} needs {needs[0]}, which is not installed ({needs[1]})")
+
+
+class _ScrapyInfoFilter(logging.Filter):
+    """Drops Scrapy's and Twisted's info lines (middlewares enabled, telnet, stats dumps): the crawl's own
+    progress lines and summary say what matters; `-v` shows everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(("scrapy", "twisted"))
+
+
 def cmd_crawl(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crawler import joblock
     from crawler.crawl import run_crawl
+    from crawler.spiders.site import site_arguments
 
-    overrides = {"FILES_STORE": args.store, "IMGSEARCH_REDIS_URL": args.redis,
+    # The input first: nothing is locked, created or started for a crawl that cannot run.
+    if args.urls:
+        try:
+            site_arguments(args.urls, args.allow, args.deny)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+    if args.urls_file and not Path(args.urls_file).is_file():
+        raise CliError(f"--urls-file {args.urls_file}: no such file")
+    overrides = {**_setting_pairs(args.set), "FILES_STORE": args.store, "IMGSEARCH_REDIS_URL": args.redis,
                  "IMGSEARCH_REDIS_JOIN": True if args.join else None,
                  # On a terminal, a bar (see crawler/progress.py); elsewhere the progress log lines.
                  "IMGSEARCH_PROGRESS_BAR": True if sys.stderr.isatty() else None}
     if args.job_dir:
         overrides["JOBDIR"] = args.job_dir
     settings = _settings(args, **overrides)
+    check_store(settings.get("FILES_STORE"))
     shared = bool(settings.get("IMGSEARCH_REDIS_URL"))
     joining = shared and settings.getbool("IMGSEARCH_REDIS_JOIN")
     if args.join and not shared:
@@ -357,9 +403,10 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     if args.urls_file:
         spider_args = {"file": targets[0]}
     elif args.urls:
-        spider_args = {"start_urls": ",".join(args.urls), "depth": args.depth, "max_pages": args.max_pages or 0,
-                       "allowed_domains": ",".join(args.allowed_domain or []), "allow": ",".join(args.allow or []),
-                       "deny": ",".join(args.deny or [])}
+        # Lists, never joined with commas: a regular expression or a URL may hold one.
+        spider_args = {"start_urls": list(args.urls), "depth": args.depth, "max_pages": args.max_pages or 0,
+                       "allowed_domains": list(args.allowed_domain or []), "allow": list(args.allow or []),
+                       "deny": list(args.deny or [])}
     elif not joining:
         raise CliError("give start URLs, or --urls-file FILE" + (", or --join" if shared else ""))
     if shared:
@@ -374,8 +421,16 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     prepare_crawl(settings)
     from cli.progress import warnings_only_on_terminal
 
-    with warnings_only_on_terminal(enabled=not args.verbose):
-        stats = run_crawl(settings, spider, **spider_args)
+    quiet = _ScrapyInfoFilter()
+    handlers = [] if args.verbose else logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        with warnings_only_on_terminal(enabled=not args.verbose):
+            stats = run_crawl(settings, spider, **spider_args)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
     print(stats.get("imgsearch/summary", "crawl ended before it started"))
     if args.stats_file:
         with open(args.stats_file, "w", encoding="utf-8") as f:
@@ -488,9 +543,37 @@ def _add_index_arg(parser: argparse.ArgumentParser) -> None:
                                         "the sources index is this name plus -sources")
 
 
+DESCRIPTION = ("Crawl the images of websites into Elasticsearch, embedded with CLIP, and find which indexed images "
+               "look like an image or match a text, and on which pages an image or a copy of it appeared first.")
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="log everything (debug)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="warnings and errors only")
+
+
+def _every_subparser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases name one parser twice
+                yield sub
+                yield from _every_subparser(sub)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imgsearch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgsearch", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser = argparse.ArgumentParser(prog="imgsearch", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"imgsearch {_version()}")
+    _add_verbosity(parser, False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     es = commands.add_parser("es", help="the local Elasticsearch node").add_subparsers(dest="es", required=True)
@@ -536,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     crawl.add_argument("--allow", action="append", help="only follow links matching this regex (repeatable)")
     crawl.add_argument("--deny", action="append", help="never follow links matching this regex (repeatable)")
     crawl.add_argument("--store", help="where to keep the original images (default FILES_STORE)")
+    crawl.add_argument("-s", "--set", action="append", metavar="NAME=VALUE",
+                       help="any Scrapy or imgsearch setting for this crawl, as `scrapy crawl -s` (repeatable)")
     crawl.add_argument("--job-dir", help="keep the crawl's state here, so an interrupted crawl resumes")
     crawl.add_argument("--stats-file", metavar="FILE", help="write the crawl's final stats here as JSON")
     crawl.add_argument("--redis", metavar="URL", help="share the crawl's frontier (pages queued and seen) through "
@@ -599,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import serve  # `imgsearch serve`: the search page and its JSON API
 
     serve.add_parser(commands, _add_index_arg)
+    # -v / -q after the command too (`imgsearch crawl URL -v`); there they default to the top level's value.
+    for sub in _every_subparser(parser):
+        _add_verbosity(sub, argparse.SUPPRESS)
     return parser
 
 
@@ -609,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # On the handler, not the root logger: a crawl resets the root logger's level.
     # Long-running commands report progress; the others only warnings.
     quiet = args.command not in ("crawl", "replay", "es")
+    quiet = quiet or args.quiet
     logging.root.handlers[0].setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     # The transport logs each retried connection with a traceback; our own message says it in one line.
     for noisy in ("elastic_transport", "urllib3", "httpx"):

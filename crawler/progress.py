@@ -56,9 +56,12 @@ def summary(stats: dict[str, Any], elapsed: float) -> str:
     """One line: what the crawl found, fetched, embedded and indexed, and why the rest was not."""
     skipped, skipped_detail = _reasons(stats, "imgsearch/fetch/skipped/")
     failed, failed_detail = _failures(stats)
+    pages_failed, pages_detail = _reasons(stats, "imgsearch/find/failed/")
     indexed = stats.get("imgsearch/index/indexed", 0)
     rate = indexed / elapsed if elapsed > 0 else 0.0
-    return (f"pages {pages_done(stats)}, "
+    # Failed pages beside the images: a 404 start page is a failure, not "failed 0".
+    pages = f"pages {pages_done(stats)}" + (f" (failed {pages_failed}: {pages_detail[2:-1]})" if pages_failed else "")
+    return (f"{pages}, "
             f"images found {stats.get('imgsearch/find/found', 0)}, "
             f"downloaded {stats.get('imgsearch/fetch/downloaded', 0)}, "
             f"embedded {stats.get('imgsearch/embed/embedded', 0)}, "

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cli.progress import Progress, format_duration, render_bar, status_line, warnings_only_on_terminal
+from crawler.progress import summary
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
 from index_setup.indices import delete_indices
 
@@ -314,3 +315,12 @@ def test_replay_on_a_terminal_draws_a_bar_over_the_file_and_keeps_its_answer_who
     assert re.fullmatch(r"replay replay-me\.jsonl  \[#{24}\]  1001/1001 records \(100%\)  [\d.]+ records/s  "
                         r"in \d+:\d\d; written 1000, failed 1", last_bar), terminal[-2000:]
     assert answer.startswith(f"Replayed {replay_file}: 1000 written, 1 still failing (kept in ")
+
+
+def test_the_summary_counts_failed_pages_beside_failed_images():
+    stats = {"imgsearch/find/pages": 2, "imgsearch/find/failed/http_404": 1, "imgsearch/find/failed/timeout": 2,
+             "imgsearch/find/found": 3, "imgsearch/fetch/failed/decode_error": 1}
+    line = summary(stats, 10.0)
+    assert line.startswith("pages 5 (failed 3: timeout 2, http_404 1), images found 3, "), line
+    assert "failed 1 (decode_error 1)" in line
+    assert summary({"imgsearch/find/pages": 2}, 10.0).startswith("pages 2, images found 0")

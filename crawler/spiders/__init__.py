@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,9 +27,15 @@ def image_items(response: Response) -> Iterator[ImageItem]:
 
 
 def split_arg(value: Any) -> list[str]:
-    """Spider arguments arrive as strings from `-a name=a,b`; lists pass through."""
+    """Spider arguments arrive as strings from `-a name=a,b`, or `-a name='["a{1,3}", "b"]'` (a JSON list, for
+    values with commas, such as regular expressions); lists pass through."""
     if value is None or value == "":
         return []
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value if str(v).strip()]
     return [v.strip() for v in str(value).split(",") if v.strip()]

@@ -18,28 +18,39 @@ from crawler.spiders import ImageSpider, split_arg
 NOT_PAGE_EXTENSIONS = frozenset(f".{extension}" for extension in IGNORED_EXTENSIONS)
 
 
+def site_arguments(start_urls: Any, allow: Any, deny: Any) -> tuple[list[str], list[re.Pattern], list[re.Pattern]]:
+    """The start URLs and the compiled allow / deny patterns; ValueError, in words, for a bad one, so that the
+    CLI can refuse it before anything starts and the spider before it crawls."""
+    urls = split_arg(start_urls)
+    if not urls:
+        raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/)")
+    for url in urls:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise ValueError(f"not an http(s) URL: {url}")
+
+    def compiled(name: str, patterns: Any) -> list[re.Pattern]:
+        try:
+            return [re.compile(pattern) for pattern in split_arg(patterns)]
+        except re.error as exc:
+            raise ValueError(f"--{name} {exc.pattern!r} is not a regular expression: {exc}") from None
+
+    return urls, compiled("allow", allow), compiled("deny", deny)
+
+
 class SiteSpider(ImageSpider):
     """scrapy crawl site -a start_urls=URL1,URL2 [-a depth=2] [-a max_pages=N] [-a allowed_domains=a,b]
-    [-a allow=REGEX,...] [-a deny=REGEX,...]"""
+    [-a allow=REGEX,...] [-a deny=REGEX,...] (or a JSON list: -a allow='["page\\d{1,3}"]')"""
 
     name = "site"
 
     def __init__(self, start_urls: Any = None, depth: Any = 2, max_pages: Any = 0, allowed_domains: Any = None,
                  allow: Any = None, deny: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.start_urls = split_arg(start_urls)
-        if not self.start_urls:
-            raise ValueError("the site spider needs start_urls (-a start_urls=https://example.org/)")
-        for url in self.start_urls:
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise ValueError(f"not an http(s) URL: {url}")
+        self.start_urls, self.allow, self.deny = site_arguments(start_urls, allow, deny)
         self.depth = int(depth)
         self.max_pages = int(max_pages or 0)
         self.allowed_domains = split_arg(allowed_domains) or sorted(
             {urlsplit(u).hostname for u in self.start_urls if urlsplit(u).hostname})
-        # A bad pattern fails here, with its own message, not mid-crawl.
-        self.allow = [re.compile(pattern) for pattern in split_arg(allow)]
-        self.deny = [re.compile(pattern) for pattern in split_arg(deny)]
         self.pages_requested = len(self.start_urls)
 
     async def start(self) -> Any:
