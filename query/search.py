@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import elastic_transport
@@ -42,19 +44,45 @@ logger = logging.getLogger(__name__)
 
 SOURCES_PER_RESULT = 10
 MAX_SOURCES = 100
+# How long a searcher trusts what it read of an index's mapping: a reembed or an upgrade run meanwhile is seen
+# within this even when no hit shows it, for one mapping read per index per interval.
+FACTS_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class IndexFacts:
+    """What a search needs to know of the index behind an alias, read from its mapping at `read_at`."""
+
+    indices: frozenset[str]  # the concrete indices behind the alias
+    model: str | None
+    has_hashes: bool
+    read_at: float
+
+    @classmethod
+    def from_mappings(cls, mappings: dict[str, Any], read_at: float) -> IndexFacts:
+        bodies = [body.get("mappings", {}) for body in mappings.values()]
+        models = (body.get("_meta", {}).get("model") for body in bodies)
+        return cls(indices=frozenset(mappings), model=next((m for m in models if m), None),
+                   has_hashes=all("phash_crops" in body.get("properties", {}) for body in bodies),
+                   read_at=read_at)
 
 
 class Searcher:
-    """Holds the Elasticsearch client and the models, so repeated queries load nothing twice."""
+    """Holds the Elasticsearch client and the models, so repeated queries load nothing twice.
 
-    def __init__(self, settings: Any = None, *, embedder: Embedder | None = None, client: Any = None) -> None:
+    What it knows of an index (its model, whether it has crop hashes, the index behind the alias) is read again
+    FACTS_SECONDS after it was read, by `clock` (in seconds), and at once when a hit comes from another index.
+    """
+
+    def __init__(self, settings: Any = None, *, embedder: Embedder | None = None, client: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.embedder = embedder or Embedder.from_settings(self.settings)
         self.client = client or es_client(self.settings)
         self.oversample = self.settings.getfloat("IMGSEARCH_QUERY_OVERSAMPLE")
         self.near_bits = self.settings.getint("IMGSEARCH_QUERY_NEAR_BITS")
-        self._has_hashes: dict[str, bool] = {}
-        self._models: dict[str, str | None] = {}
+        self._clock = clock
+        self._facts: dict[str, IndexFacts] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
     def search_image(self, source: Any, k: int = 10, num_candidates: int = 100, domain: str | None = None,
@@ -87,15 +115,15 @@ class Searcher:
         loaded, query_hash = self._read_image(source, allow_private)
         alias = self._alias(index)
         query = self._image_query(source, loaded, query_hash)
-        notes = self._notes(alias)
-        searches = [{"query": exact_query(loaded.sha256), "size": 1, "fields": RESULT_FIELDS, "_source": False}]
-        if not notes:
-            searches.append({"knn": near_query(query_hash.hex, limit, self.near_bits), "size": limit,
-                             "fields": RESULT_FIELDS, "_source": False})
-        images: list[dict[str, Any]] = []
-        for match, response in zip(("exact", "near"), self._msearch(alias, searches), strict=False):
-            images += [self._result(hit, match) for hit in response["hits"]["hits"]]
-        images = _unique(images)
+
+        def channels(notes: list[str]) -> list[tuple[str, dict[str, Any]]]:
+            found = [("exact", {"query": exact_query(loaded.sha256), "size": 1})]
+            if not notes:
+                found.append(("near", {"knn": near_query(query_hash.hex, limit, self.near_bits), "size": limit}))
+            return found
+
+        notes, found = self._run(alias, channels, vectors=False)
+        images = _unique([self._result(hit, match) for match, hits in found for hit in hits])
         sources: list[dict[str, Any]] = []
         total = 0
         if images:
@@ -180,22 +208,48 @@ class Searcher:
             query["source"] = source
         return query
 
-    def _notes(self, alias: str, *, vectors: bool = False) -> list[str]:
-        """Why a channel is left out: an index made before perceptual hashes has no near-duplicate channel.
-        With `vectors`, first refuse an index whose vectors come from another model than ours."""
-        if alias not in self._has_hashes:
-            mappings = self._call(self.client.indices.get_mapping, index=alias).body
-            self._has_hashes[alias] = all("phash_crops" in body.get("mappings", {}).get("properties", {})
-                                          for body in mappings.values())
-            models = {body.get("mappings", {}).get("_meta", {}).get("model") for body in mappings.values()}
-            self._models[alias] = next((m for m in models if m), None)
-        stored = self._models[alias]
-        if vectors and stored and stored != self.embedder.image_model_name:
-            raise ModelMismatch(model_mismatch_message(alias, stored, self.embedder.image_model_name))
-        if self._has_hashes[alias]:
+    def _index_facts(self, alias: str, *, again: bool = False) -> IndexFacts:
+        """What is known of the index behind `alias`, read from its mapping when unknown, older than
+        FACTS_SECONDS, or `again`."""
+        facts = self._facts.get(alias)
+        now = self._clock()
+        if again or facts is None or now - facts.read_at >= FACTS_SECONDS:
+            facts = IndexFacts.from_mappings(self._call(self.client.indices.get_mapping, index=alias).body, now)
+            self._facts[alias] = facts
+        return facts
+
+    def _check_model(self, alias: str, facts: IndexFacts) -> None:
+        """Refuse an index whose vectors come from another model than ours."""
+        if facts.model and facts.model != self.embedder.image_model_name:
+            # Forgotten: the first query after a reembed to our model reads the mapping again and is answered.
+            self._facts.pop(alias, None)
+            raise ModelMismatch(model_mismatch_message(alias, facts.model, self.embedder.image_model_name))
+
+    @staticmethod
+    def _notes(alias: str, facts: IndexFacts) -> list[str]:
+        """Why a channel is left out: an index made before perceptual hashes has no near-duplicate channel."""
+        if facts.has_hashes:
             return []
         return [f"index {alias} predates perceptual hashes: no near-duplicate matches until `imgsearch index "
                 f"upgrade --index {alias}`"]
+
+    def _run(self, alias: str, channels: Callable[[list[str]], list[tuple[str, dict[str, Any]]]], *,
+             vectors: bool) -> tuple[list[str], list[tuple[str, list[dict[str, Any]]]]]:
+        """(notes, [(match, hits)]) of the searches `channels(notes)` gives, in one round trip; `vectors`: they
+        send vectors of our model. A hit from an index not behind the alias when its facts were read means a
+        reembed or an upgrade has moved the alias since: the facts are read again and the searches made again."""
+        for again in (False, True):
+            facts = self._index_facts(alias, again=again)
+            if vectors:
+                self._check_model(alias, facts)
+            notes = self._notes(alias, facts)
+            planned = channels(notes)
+            searches = [{**body, "fields": RESULT_FIELDS, "_source": False} for _, body in planned]
+            found = [(match, response["hits"]["hits"])
+                     for (match, _), response in zip(planned, self._msearch(alias, searches), strict=True)]
+            if all(hit["_index"] in facts.indices for _, hits in found for hit in hits):
+                break
+        return notes, found
 
     def _msearch(self, alias: str, searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several searches of one index in one round trip; an error in any is raised as the one call would."""
@@ -207,12 +261,14 @@ class Searcher:
             error = response.get("error")
             if not error:
                 continue
+            self._facts.pop(alias, None)  # a refusal may come of what was read of an index since replaced
             kind, reason = (error.get("type"), error.get("reason")) if isinstance(error, dict) else (None, error)
             if kind == "index_not_found_exception":
                 raise IndexMissing(f"index {alias} does not exist: create it with `imgsearch index create "
                                    f"--index {alias}` and crawl into it")
             detail = json_reason(error)
             if "dimension" in detail.lower() or "dims" in detail.lower():
+                self._check_model(alias, self._index_facts(alias))  # re-embedded with another model since?
                 raise ClusterError(f"the index holds vectors of other dimensions than the model gives "
                                    f"({self.embedder.image_model_name}): {reason}")
             raise ClusterError(f"Elasticsearch refused the search ({response.get('status')} {kind}): {detail}")
@@ -240,24 +296,23 @@ class Searcher:
                 hash_hex: str | None = None) -> dict[str, Any]:
         alias = self._alias(index)
         filter = filters.clause()
-        channels: list[tuple[str, dict[str, Any]]] = []
-        if sha256 is not None:
-            channels.append(("exact", {"query": exact_query(sha256, filter), "size": 1}))
+        exact = [("exact", {"query": exact_query(sha256, filter), "size": 1})] if sha256 is not None else []
         near_bits = self.near_bits
         if filters.min_score is not None:  # a near duplicate scores (64 - bits) / 64
             near_bits = min(near_bits, int(phash.HASH_BITS * (1.0 - filters.min_score)))
-        notes = self._notes(alias, vectors=True)
+        semantic = ("semantic", {"knn": knn_query(vector, k, num_candidates, filter, self.oversample,
+                                                  filters.min_score), "size": k})
+
+        def channels(notes: list[str]) -> list[tuple[str, dict[str, Any]]]:
+            planned = list(exact)
+            if hash_hex is not None and near_bits >= 0 and not notes:
+                planned.append(("near", {"knn": near_query(hash_hex, k, near_bits, filter), "size": k}))
+            return [*planned, semantic]
+
+        notes, found = self._run(alias, channels, vectors=True)
         if hash_hex is None:
             notes = []  # a text query has no near-duplicate channel to miss
-        elif near_bits >= 0 and not notes:
-            channels.append(("near", {"knn": near_query(hash_hex, k, near_bits, filter), "size": k}))
-        channels.append(("semantic", {"knn": knn_query(vector, k, num_candidates, filter, self.oversample,
-                                                       filters.min_score), "size": k}))
-        searches = [{**body, "fields": RESULT_FIELDS, "_source": False} for _, body in channels]
-        results: list[dict[str, Any]] = []
-        for (match, _), response in zip(channels, self._msearch(alias, searches), strict=True):
-            results += [self._result(hit, match) for hit in response["hits"]["hits"]]
-        results = _unique(results)[:k]
+        results = _unique([self._result(hit, match) for match, hits in found for hit in hits])[:k]
         if filters.min_score is not None:  # the rescored cosine can fall just under the threshold kNN applied
             results = [r for r in results if r["score"] >= filters.min_score]
         if sort == "first_seen":
