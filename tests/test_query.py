@@ -8,13 +8,19 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from elasticsearch import helpers
 from PIL import Image
 
 from crawler.config import load_settings
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
+from index_setup.indices import delete_indices
+from index_setup.mappings import image_mapping, sources_alias, sources_mapping
 from query import QueryInputError, Searcher
+from query.search import FACTS_SECONDS
 from tests.test_crawl import crawl
 
 IMAGES_PER_SITE = 12
@@ -310,3 +316,58 @@ def test_another_model_is_refused_for_queries_and_crawls(indexed, index_alias, s
     crawl = subprocess.run([sys.executable, "-m", "cli", "crawl", indexed["first"].url + "/"], capture_output=True,
                            text=True, timeout=120, env={**os.environ, **env, "IMGSEARCH_INDEX": index_alias})
     assert crawl.returncode == 2 and "vectors of two models cannot be compared" in crawl.stderr
+
+
+@contextmanager
+def schema_1_copy(es, index_alias: str, name: str, model: str) -> Iterator[str]:
+    """The crawled indices copied into ones of the first schema (no perceptual hashes, no urls index), behind
+    their own alias."""
+    alias = f"{index_alias}-{name}"
+    images = image_mapping(512, model)
+    for field in ("phash", "phash_crops"):
+        del images["properties"][field]
+    sources = sources_mapping()
+    images["_meta"]["schema_version"] = sources["_meta"]["schema_version"] = 1
+    try:
+        for source, target, mapping in ((index_alias, alias, images),
+                                        (sources_alias(index_alias), sources_alias(alias), sources)):
+            es.indices.create(index=f"{target}-v1", mappings=mapping, aliases={target: {"is_write_index": True}})
+            hits = es.search(index=source, size=1000)["hits"]["hits"]
+            helpers.bulk(es, ({"_index": target, "_id": hit["_id"], "_source": {
+                k: v for k, v in hit["_source"].items() if k not in ("phash", "phash_crops")}} for hit in hits),
+                refresh=True)
+        yield alias
+    finally:
+        delete_indices(es, alias)
+
+
+def test_a_running_searcher_finds_near_duplicates_once_its_index_is_upgraded(searcher, indexed, index_alias, es):
+    copy = _edited(indexed["second"].routes["/photos/p206.jpg"].body, "crop_5_corner")
+    with schema_1_copy(es, index_alias, "old", indexed["env"]["IMGSEARCH_IMAGE_MODEL"]) as old:
+        before = searcher.search_image(copy, k=5, index=old)
+        assert "predates perceptual hashes" in before["notes"][0]
+        assert "near" not in {r["match"] for r in before["results"]}
+        upgraded = cli(indexed["env"], "index", "upgrade", "--index", old)
+        assert upgraded.returncode == 0, upgraded.stderr
+        after = searcher.search_image(copy, k=5, index=old)  # the same searcher, as a running `imgsearch serve`
+        assert "notes" not in after
+        assert after["results"][0]["match"] == "near" and after["results"][0]["image_url"].endswith("/p206.jpg")
+
+
+def test_a_running_source_finder_sees_an_upgrade_within_facts_seconds(searcher, indexed, index_alias, es):
+    now = [0.0]
+    finder = Searcher(searcher.settings, embedder=searcher.embedder, clock=lambda: now[0])
+    copy = _edited(indexed["second"].routes["/photos/p206.jpg"].body, "crop_5_corner")
+    try:
+        with schema_1_copy(es, index_alias, "old-sources", indexed["env"]["IMGSEARCH_IMAGE_MODEL"]) as old:
+            before = finder.find_sources(copy, index=old)
+            assert before["sources"] == [] and "predates perceptual hashes" in before["notes"][0]
+            upgraded = cli(indexed["env"], "index", "upgrade", "--index", old)
+            assert upgraded.returncode == 0, upgraded.stderr
+            now[0] += FACTS_SECONDS  # no exact copy: no hit shows the new index, the staleness bound does
+            after = finder.find_sources(copy, index=old)
+            assert "notes" not in after
+            assert [(s["match"], s["page_url"]) for s in after["sources"]] == [
+                ("near", f"http://localhost:{indexed['second'].port}/")]
+    finally:
+        finder.close()
