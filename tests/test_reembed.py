@@ -12,7 +12,7 @@ import pytest
 
 from crawler.config import load_settings
 from crawler.sample_site import SiteServer, encode, photo_like
-from index_setup.indices import IndexConflict, stored_model
+from index_setup.indices import IndexConflict, ModelMismatch, stored_model
 from index_setup.mappings import concrete_name, sources_alias, urls_alias
 from index_setup.reembed import StoredOriginals, copied_document, reembed, reembed_index_name
 from pipelines import imaging
@@ -261,3 +261,32 @@ def test_an_index_of_that_name_that_is_not_our_copy_is_refused(es, index_alias, 
             reembed(es, index_alias, Fake())
     finally:
         es.indices.delete(index=stale)
+
+
+def test_a_running_search_notices_its_index_reembedded_with_another_model(crawled, cli, es, models, index_alias):
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+
+    status, _, err = cli("reembed", "--model", models["moved"], "--index", index_alias)  # as the first test leaves it
+    assert status == 0, err
+    some = sorted(all_docs(es, index_alias).items())[0][1]
+    data = Path(crawled["FILES_STORE"], some["relative_path"]).read_bytes()
+    query = {"files": {"image": ("q.jpg", data, "image/jpeg")}, "data": {"k": "3"}}
+    moved = Searcher(load_settings({**crawled, "IMGSEARCH_IMAGE_MODEL": models["moved"]}))
+    try:
+        with TestClient(create_app(load_settings(crawled))) as served:  # `imgsearch serve` with the crawl's model
+            assert moved.search_image(data, k=3, index=index_alias)["results"][0]["match"] == "exact"
+            refused = served.post("/api/search", **query)
+            assert refused.status_code == 503 and "vectors of two models cannot be compared" in refused.text
+
+            status, _, err = cli("reembed", "--model", crawled["IMGSEARCH_IMAGE_MODEL"], "--index", index_alias)
+            assert status == 0, err
+            answer = served.post("/api/search", **query)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["results"][0]["match"] == "exact", "the server follows the index, no restart"
+            with pytest.raises(ModelMismatch, match="imgsearch reembed") as refusal:
+                moved.search_image(data, k=3, index=index_alias)
+            assert models["moved"] in str(refusal.value) and crawled["IMGSEARCH_IMAGE_MODEL"] in str(refusal.value)
+    finally:
+        moved.close()
