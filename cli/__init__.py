@@ -510,10 +510,16 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
+    import re
+    from pathlib import Path
+
     settings = _settings(args)
+    # An image id from a search's results (the SHA-256 of its bytes), unless a file of that name exists.
+    image_id = args.image if re.fullmatch(r"[0-9a-f]{64}", args.image) and not Path(args.image).exists() else None
     searcher = _searcher(settings)
     try:
-        response = searcher.find_sources(args.image, args.index, args.limit, allow_private=args.allow_private)
+        response = searcher.find_sources(None if image_id else args.image, args.index, args.limit,
+                                         allow_private=args.allow_private, image_id=image_id)
     except (QueryInputError, IndexMissing, ClusterError) as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -656,8 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=cmd_search)
 
     sources = commands.add_parser("sources", help="where an image or an edited copy of it appears, oldest first")
-    sources.add_argument("--image", metavar="PATH_OR_URL", required=True,
-                         help="the image: a file or an http(s) URL")
+    sources.add_argument("--image", metavar="PATH_URL_OR_ID", required=True,
+                         help="the image: a file, an http(s) URL, or the image_id of an indexed image")
     sources.add_argument("--limit", type=int, default=100, help="pages listed at most (default 100)")
     sources.add_argument("--json", action="store_true",
                          help="print {query, took_ms, oldest, sources, sources_total, images} as JSON")

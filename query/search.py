@@ -104,22 +104,26 @@ class Searcher:
         return self._search(vector.tolist(), query, index, k, num_candidates, checked, sort, started,
                             sha256=loaded.sha256, hash_hex=query_hash.hex)
 
-    def find_sources(self, source: Any, index: str | None = None, limit: int = MAX_SOURCES, *,
-                     allow_private: bool = False) -> dict[str, Any]:
-        """Where `source` or a copy of it (exact or near) appears: its occurrences, oldest first_seen first.
+    def find_sources(self, source: Any = None, index: str | None = None, limit: int = MAX_SOURCES, *,
+                     allow_private: bool = False, image_id: str | None = None) -> dict[str, Any]:
+        """Where `source` (or the indexed image `image_id`, its hashes standing for the image) or a copy of it
+        (exact or near) appears: its occurrences, oldest first_seen first.
 
         Returns {"query", "took_ms", "oldest" (the oldest occurrence, or None), "sources" (up to `limit`, each
         with the match, distance_bits and image_id of the image found there), "sources_total", "images"}.
         """
         started = time.perf_counter()
-        loaded, query_hash = self._read_image(source, allow_private)
         alias = self._alias(index)
-        query = self._image_query(source, loaded, query_hash)
+        if image_id is not None:
+            query = self._indexed_image_query(alias, image_id)
+        else:
+            loaded, query_hash = self._read_image(source, allow_private)
+            query = self._image_query(source, loaded, query_hash)
 
         def channels(notes: list[str]) -> list[tuple[str, dict[str, Any]]]:
-            found = [("exact", {"query": exact_query(loaded.sha256), "size": 1})]
-            if not notes:
-                found.append(("near", {"knn": near_query(query_hash.hex, limit, self.near_bits), "size": limit}))
+            found = [("exact", {"query": exact_query(query["sha256"]), "size": 1})]
+            if not notes and query.get("phash"):
+                found.append(("near", {"knn": near_query(query["phash"], limit, self.near_bits), "size": limit}))
             return found
 
         notes, found = self._run(alias, channels, vectors=False)
@@ -207,6 +211,18 @@ class Searcher:
         if isinstance(source, str):
             query["source"] = source
         return query
+
+    def _indexed_image_query(self, alias: str, image_id: str) -> dict[str, Any]:
+        """The query record of an image already in the index: its id, bytes' SHA-256 and whole-image hash."""
+        fields = ["sha256", "phash", "width", "height", "format"]
+        hits = self._call(self.client.search, index=alias, query={"ids": {"values": [image_id]}}, size=1,
+                          fields=fields, source=False)["hits"]["hits"]
+        if not hits:
+            raise QueryInputError(f"no image {image_id} in the index {alias}")
+        found = {name: values[0] for name, values in hits[0].get("fields", {}).items() if values}
+        return {"type": "image", "image_id": image_id, "sha256": found.get("sha256", image_id),
+                "phash": found.get("phash"), "width": found.get("width"), "height": found.get("height"),
+                "format": found.get("format")}
 
     def _index_facts(self, alias: str, *, again: bool = False) -> IndexFacts:
         """What is known of the index behind `alias`, read from its mapping when unknown, older than

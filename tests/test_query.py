@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -147,6 +148,22 @@ def test_sources_command_heads_with_the_oldest_source(indexed, index_alias, tmp_
     assert none.returncode == 0 and "No indexed copy" in none.stdout
 
 
+def test_sources_of_an_indexed_image_by_its_id_are_those_of_its_file(searcher, indexed, index_alias, tmp_path):
+    original = indexed["first"].routes["/photos/p108.jpg"].body
+    image_id = hashlib.sha256(original).hexdigest()
+    by_file = searcher.find_sources(original, index=index_alias)
+    by_id = searcher.find_sources(index=index_alias, image_id=image_id)
+    assert [s["page_url"] for s in by_id["sources"]] == [s["page_url"] for s in by_file["sources"]]
+    assert [(i["image_id"], i["match"]) for i in by_id["images"]] == [
+        (i["image_id"], i["match"]) for i in by_file["images"]]
+    assert by_id["images"][0] == {**by_file["images"][0]} and by_id["images"][0]["match"] == "exact"
+    table = cli(indexed["env"], "sources", "--image", image_id, "--index", index_alias)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("Oldest known source: " + indexed["first"].url + "/")
+    unknown = cli(indexed["env"], "sources", "--image", "0" * 64, "--index", index_alias)
+    assert unknown.returncode == 2 and f"no image {'0' * 64} in the index" in unknown.stderr
+
+
 def test_pil_and_bytes_sources_give_the_same_answer(searcher, indexed, index_alias):
     data = indexed["first"].routes["/photos/p101.jpg"].body
     by_bytes = searcher.search_image(data, k=3, index=index_alias)
@@ -251,7 +268,7 @@ def test_demo_runs_to_the_end_with_stand_in_models(es_settings, tmp_path):
         image_table = out.split("Query: image ", 1)[1].split("Query: ", 1)[0]
         first = next(line for line in image_table.splitlines() if line.lstrip().startswith("1. "))
         # The query is an edited copy of photo-005: its original is the first result, labelled a near copy.
-        assert re.match(r"\s+1\. \d\.\d{3}\s+near \d+b .* photo-005\.jpg <", first), first
+        assert re.match(r"\s+1\. \d\.\d{3}\s+near \d+b .* photo-005\.jpg\s+<", first), first
         assert "seen on Gallery" in out
         assert "no match" not in out
     finally:
