@@ -115,22 +115,23 @@ _SUFFIXES = (
 _FREQUENT_LETTERS = "etaoinsrhldcu"
 
 
-def build_image_model(path: str | os.PathLike[str], size: Size = "tiny") -> Path:
+def build_image_model(path: str | os.PathLike[str], size: Size = "tiny", dims: int = _EMBEDDING_DIM) -> Path:
     """Write a random-weight stand-in for ``sentence-transformers/clip-ViT-B-32`` and return its folder.
 
     The layout is the hub repository's: ``modules.json`` with one ``sentence_transformers.models.CLIPModel``
     module in ``0_CLIPModel/``, which holds a ``transformers`` CLIPModel and its CLIPProcessor (a byte-level
     BPE tokenizer and the real image preprocessing). It encodes PIL images and texts, in separate calls, into
-    512-d vectors. ``size="tiny"`` loads and encodes in well under a second; ``size="full"`` has the real
-    ViT-B/32 shapes, for benchmarks. An earlier stand-in at ``path`` is replaced; any other non-empty folder
-    there raises FileExistsError.
+    ``dims``-d vectors, CLIP's projection size: 512 as in the real model unless asked (ViT-L/14's is 768).
+    ``size="tiny"`` loads and encodes in well under a second; ``size="full"`` has the real ViT-B/32 shapes, for
+    benchmarks. An earlier stand-in at ``path`` is replaced; any other non-empty folder there raises
+    FileExistsError.
     """
     _check_size(size)
     path = Path(path)
     with _staging(path) as staging:
         module_dir = staging / "0_CLIPModel"
         with _seeded(_IMAGE_SEED):
-            model = CLIPModel(_clip_config(size)).eval()
+            model = CLIPModel(_clip_config(size, dims)).eval()
         model.save_pretrained(module_dir)
         _clip_processor().save_pretrained(module_dir)
         _write_json(
@@ -138,17 +139,17 @@ def build_image_model(path: str | os.PathLike[str], size: Size = "tiny") -> Path
             [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}],
         )
         _write_json(staging / "config_sentence_transformers.json", _st_config())
-        _write_stamp(staging, "image", size)
+        _write_stamp(staging, "image", size, dims)
     logger.info("Wrote %s stand-in image model to %s", size, path)
     return path
 
 
-def build_text_model(path: str | os.PathLike[str], size: Size = "tiny") -> Path:
+def build_text_model(path: str | os.PathLike[str], size: Size = "tiny", dims: int = _EMBEDDING_DIM) -> Path:
     """Write a random-weight stand-in for ``clip-ViT-B-32-multilingual-v1`` and return its folder.
 
     The layout is the hub repository's: a ``transformers`` DistilBERT with a cased WordPiece tokenizer at the
-    top level, then ``1_Pooling`` (mean over tokens) and ``2_Dense`` (to 512, no bias, identity activation),
-    and no normalisation module. It encodes texts only; ``get_embedding_dimension()`` is 512.
+    top level, then ``1_Pooling`` (mean over tokens) and ``2_Dense`` (to ``dims``, 512 unless asked, no bias,
+    identity activation), and no normalisation module. It encodes texts only.
     ``size="tiny"`` is a 64-wide, 2-layer model; ``size="full"`` has the real DistilBERT shapes with a small
     vocabulary. An earlier stand-in at ``path`` is replaced; any other non-empty folder there raises
     FileExistsError.
@@ -167,7 +168,7 @@ def build_text_model(path: str | os.PathLike[str], size: Size = "tiny") -> Path:
                     **tower,
                 )
             ).eval()
-            dense = Dense(tower["dim"], _EMBEDDING_DIM, bias=False, activation_function=nn.Identity())
+            dense = Dense(tower["dim"], dims, bias=False, activation_function=nn.Identity())
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _write_json(
@@ -186,17 +187,19 @@ def build_text_model(path: str | os.PathLike[str], size: Size = "tiny") -> Path:
             ],
         )
         _write_json(staging / "config_sentence_transformers.json", _st_config())
-        _write_stamp(staging, "text", size)
+        _write_stamp(staging, "text", size, dims)
     logger.info("Wrote %s stand-in text model to %s", size, path)
     return path
 
 
-def build_models(directory: str | os.PathLike[str], size: Size = "tiny") -> tuple[Path, Path]:
-    """Write both stand-ins as ``directory/image`` and ``directory/text``; return ``(image, text)``.
+def build_models(directory: str | os.PathLike[str], size: Size = "tiny",
+                 dims: int = _EMBEDDING_DIM) -> tuple[Path, Path]:
+    """Write both stand-ins, encoding into one ``dims``-d space, as ``directory/image`` and ``directory/text``;
+    return ``(image, text)``.
 
-    A folder that is already complete for this ``size`` (its stamp file matches) is kept, so repeated calls
-    are cheap; a stand-in of the other size or of an older format is rebuilt. Seeds are fixed, so a rebuild
-    gives the same weights.
+    A folder that is already complete for this ``size`` and ``dims`` (its stamp file matches) is kept, so
+    repeated calls are cheap; a stand-in of another size or dims, or of an older format, is rebuilt. Seeds are
+    fixed, so a rebuild gives the same weights.
     """
     _check_size(size)
     directory = Path(directory)
@@ -204,21 +207,22 @@ def build_models(directory: str | os.PathLike[str], size: Size = "tiny") -> tupl
     paths = []
     for kind, build in (("image", build_image_model), ("text", build_text_model)):
         path = directory / kind
-        if _is_complete(path, kind, size):
+        if _is_complete(path, kind, size, dims):
             logger.info("Reusing %s stand-in %s model at %s", size, kind, path)
         else:
-            build(path, size)
+            build(path, size, dims)
         paths.append(path)
     return paths[0], paths[1]
 
 
-def _is_complete(path: str | os.PathLike[str], kind: str, size: str) -> bool:
-    """Whether ``path`` holds a finished stand-in of this kind ("image" or "text") and size, in this format."""
+def _is_complete(path: str | os.PathLike[str], kind: str, size: str, dims: int) -> bool:
+    """Whether ``path`` holds a finished stand-in of this kind ("image" or "text"), size and dims, in this
+    format."""
     try:
         stamp = json.loads((Path(path) / _STAMP_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return stamp == _stamp(kind, size)
+    return stamp == _stamp(kind, size, dims)
 
 
 def _check_size(size: str) -> None:
@@ -257,7 +261,7 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _clip_config(size: str) -> CLIPConfig:
+def _clip_config(size: str, dims: int) -> CLIPConfig:
     towers = _IMAGE_TOWERS[size]
     vocab = _byte_level_vocab()
     text_config = {
@@ -269,7 +273,7 @@ def _clip_config(size: str) -> CLIPConfig:
         "pad_token_id": vocab[_CLIP_EOS],
     }
     vision_config = {**towers["vision"], "image_size": _IMAGE_SIZE, "patch_size": 32}
-    return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=_EMBEDDING_DIM)
+    return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=dims)
 
 
 def _byte_level_vocab() -> dict[str, int]:
@@ -375,12 +379,13 @@ def _st_config() -> dict[str, object]:
     }
 
 
-def _stamp(kind: str, size: str) -> dict[str, object]:
-    return {"standin": kind, "size": size, "format": _FORMAT_VERSION, "note": "random weights, not for search"}
+def _stamp(kind: str, size: str, dims: int) -> dict[str, object]:
+    return {"standin": kind, "size": size, "dims": dims, "format": _FORMAT_VERSION,
+            "note": "random weights, not for search"}
 
 
-def _write_stamp(folder: Path, kind: str, size: str) -> None:
-    _write_json(folder / _STAMP_FILE, _stamp(kind, size))
+def _write_stamp(folder: Path, kind: str, size: str, dims: int) -> None:
+    _write_json(folder / _STAMP_FILE, _stamp(kind, size, dims))
 
 
 def _write_json(path: Path, data: object) -> None:

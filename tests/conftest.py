@@ -87,6 +87,14 @@ def standin_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def wide_standin_models(tmp_path_factory):
+    """The stand-in pair encoding into 768 dims (ViT-L/14's size), for what must work with any model's."""
+    from pipelines.standin_models import build_models
+
+    return build_models(tmp_path_factory.mktemp("wide-models"), "tiny", dims=768)
+
+
+@pytest.fixture(scope="session")
 def crawl_settings_env(es_settings, standin_models, tmp_path_factory):
     """Environment for a crawl in a subprocess: test models, a scratch store, no politeness delays."""
     image, text = standin_models

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,18 @@ def test_build_models_never_replaces_other_folders(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         build_models(tmp_path, "tiny")
     assert (tmp_path / "image" / "notes.txt").read_text() == "not a model"
+
+
+def test_models_of_other_dims_encode_into_one_space_of_that_size(wide_standin_models: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    image_path, text_path = wide_standin_models
+    image_model = SentenceTransformer(str(image_path), device="cpu")
+    text_model = SentenceTransformer(str(text_path), device="cpu")
+    assert image_model.get_embedding_dimension() == text_model.get_embedding_dimension() == 768
+    assert image_model.encode(_images()).shape == text_model.encode(TEXTS).shape == (2, 768)
+    # A folder of other dims is rebuilt, not reused.
+    shutil.copytree(image_path, tmp_path / "image")
+    shutil.copytree(text_path, tmp_path / "text")
+    image_path, text_path = build_models(tmp_path, "tiny")
+    assert SentenceTransformer(str(image_path), device="cpu").get_embedding_dimension() == 512
+    assert SentenceTransformer(str(text_path), device="cpu").get_embedding_dimension() == 512
