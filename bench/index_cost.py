@@ -40,6 +40,7 @@ from bench.machine import cpu_model  # noqa: E402
 from bench.pipeline import es_pid, process_cpu_seconds  # noqa: E402
 
 BULK_SIZE = 32
+DIMS = 512  # clip-ViT-B-32's vectors, the default image model's
 CROPS = 20
 CROP_FLIP = 0.08  # per bit: a crop's hash lies about 5 bits from its image's
 QUERY_FLIPS = 4
@@ -53,7 +54,7 @@ def hash_options(variant: str) -> dict[str, Any] | None:
 def variant_mapping(variant: str) -> dict[str, Any]:
     from index_setup.mappings import image_mapping
 
-    mapping = copy.deepcopy(image_mapping())
+    mapping = copy.deepcopy(image_mapping(DIMS))
     if options := hash_options(variant):
         mapping["properties"]["phash_crops"]["properties"]["hash"]["index_options"] = options
     return mapping
@@ -76,7 +77,7 @@ def wait_until_idle(pid: int | None, limit: float = 60.0) -> None:
 def documents(count: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     from pipelines.indexing import image_document, utc_now
 
-    vectors = rng.standard_normal((count, 512)).astype(np.float32)
+    vectors = rng.standard_normal((count, DIMS)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     hashes = rng.integers(0, 256, (count, CROPS, 8), dtype=np.uint8)
     now = utc_now()

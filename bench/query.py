@@ -41,7 +41,6 @@ from machine import cpu_model  # bench/machine.py, beside this script
 from crawler.config import load_settings
 from index_setup.client import es_client
 from index_setup.indices import delete_indices, ensure_indices
-from index_setup.mappings import DEFAULT_DIMS
 
 FIELD = "image_embedding"
 # Decimals sent in JSON; the float32 vectors used by the brute force are exactly these decimals, so ES and
@@ -291,7 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clusters", type=int, default=300, help="cluster centres")
     p.add_argument("--spread", type=float, default=0.9,
                    help="mean cosine between a member and its centre (higher = tighter clusters, harder)")
-    p.add_argument("--dims", type=int, default=DEFAULT_DIMS)
+    p.add_argument("--dims", type=int, default=512, help="vector size (512: clip-ViT-B-32's)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--num-candidates", type=_ints, default=[50, 100, 200], help="comma-separated")
     p.add_argument("--oversample", type=_floats, default=[2, 3, 4], help="comma-separated rescore factors")

@@ -117,15 +117,16 @@ def documents(alias: str, count: int, dims: int, model: str, seed: int = 7):
 def ensure_index(client, alias: str, count: int, model: str) -> str:
     from elasticsearch import helpers
 
-    from index_setup.indices import ensure_indices
-    from index_setup.mappings import DEFAULT_DIMS
+    from index_setup.indices import ensure_indices, stored_dims
+    from pipelines.embedding import model_dims
 
-    ensure_indices(client, alias, model=model)
+    dims = stored_dims(client, alias) or model_dims(model)
+    ensure_indices(client, alias, dims=dims, model=model)
     have = client.count(index=alias)["count"]
     if have >= count:
         return f"reused ({have} images)"
     started = time.perf_counter()
-    ok, errors = helpers.bulk(client.options(request_timeout=300), documents(alias, count, DEFAULT_DIMS, model),
+    ok, errors = helpers.bulk(client.options(request_timeout=300), documents(alias, count, dims, model),
                               chunk_size=500, raise_on_error=False, stats_only=True)
     client.indices.refresh(index=f"{alias},{alias}-sources")
     client.options(request_timeout=600).indices.forcemerge(index=f"{alias},{alias}-sources", max_num_segments=1)

@@ -212,17 +212,20 @@ def cmd_es_status(args: argparse.Namespace) -> int:
 
 # -- index ------------------------------------------------------------------------------------------------------
 def cmd_index_create(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from index_setup.indices import IndexConflict, ensure_indices
+    from pipelines.embedding import ModelUnavailable, model_dims
 
     settings = _settings(args)
     client = _client(settings)
     _check_cluster(client, settings)
+    model = settings.get("IMGSEARCH_IMAGE_MODEL")
     try:
-        outcome = ensure_indices(client, settings.get("IMGSEARCH_INDEX"),
-                                 model=settings.get("IMGSEARCH_IMAGE_MODEL"),
-                                 shards=settings.getint("IMGSEARCH_SHARDS"),
+        outcome = ensure_indices(client, settings.get("IMGSEARCH_INDEX"), dims=partial(model_dims, model),
+                                 model=model, shards=settings.getint("IMGSEARCH_SHARDS"),
                                  replicas=settings.getint("IMGSEARCH_REPLICAS"))
-    except IndexConflict as exc:
+    except (IndexConflict, ModelUnavailable) as exc:
         raise CliError(str(exc)) from exc
     for name, what in outcome.items():
         print(f"{name}: {what}")
@@ -297,15 +300,18 @@ def cmd_index_delete(args: argparse.Namespace) -> int:
 # -- crawl ------------------------------------------------------------------------------------------------------
 def prepare_crawl(settings) -> None:
     """Fail before crawling, in one line, when Elasticsearch, the indices or the model are not usable."""
+    from functools import partial
+
     from index_setup.indices import IndexConflict, ensure_indices
-    from pipelines.embedding import ModelUnavailable, check_model
+    from pipelines.embedding import ModelUnavailable, check_model, model_dims
 
     client = _client(settings)
     _check_cluster(client, settings)
+    model = settings.get("IMGSEARCH_IMAGE_MODEL")
     try:
-        ensure_indices(client, settings.get("IMGSEARCH_INDEX"), model=settings.get("IMGSEARCH_IMAGE_MODEL"),
+        ensure_indices(client, settings.get("IMGSEARCH_INDEX"), dims=partial(model_dims, model), model=model,
                        shards=settings.getint("IMGSEARCH_SHARDS"), replicas=settings.getint("IMGSEARCH_REPLICAS"))
-        check_model(settings.get("IMGSEARCH_IMAGE_MODEL"), "IMGSEARCH_IMAGE_MODEL")
+        check_model(model, "IMGSEARCH_IMAGE_MODEL")
     except (IndexConflict, ModelUnavailable) as exc:
         raise CliError(str(exc)) from exc
     finally:

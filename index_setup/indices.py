@@ -11,7 +11,6 @@ import elasticsearch
 from elasticsearch import Elasticsearch, helpers
 
 from index_setup.mappings import (
-    DEFAULT_DIMS,
     SCHEMA_VERSION,
     concrete_name,
     image_mapping,
@@ -134,11 +133,12 @@ def _add_missing_fields(client: Elasticsearch, expected: list[tuple[str, dict[st
     return []
 
 
-def ensure_indices(client: Elasticsearch, alias: str, *, dims: int | None = None, model: str | None = None,
-                   shards: int = 1, replicas: int = 0) -> dict[str, str]:
+def ensure_indices(client: Elasticsearch, alias: str, *, dims: int | Callable[[], int] | None = None,
+                   model: str | None = None, shards: int = 1, replicas: int = 0) -> dict[str, str]:
     """Create the indices where missing; a no-op where they exist and match.
 
-    `dims` None: the existing index's (after a reembed to another model), else DEFAULT_DIMS. Returns
+    `dims`: the size of the model's vectors, or a function giving it, called only when no image index records
+    one (it may load the model); None: the existing index's (after a reembed to another model). Returns
     {alias: "created" | "exists"}. Raises IndexConflict, changing nothing, when an existing index conflicts
     with the schema (other vector dims or similarity, a field of another type), IndexOutdated when it is of
     an older schema, ModelMismatch when its vectors come from another model.
@@ -150,7 +150,13 @@ def ensure_indices(client: Elasticsearch, alias: str, *, dims: int | None = None
     stored = stored_model(client, names.images)
     if model and stored and stored != model:
         raise ModelMismatch(model_mismatch_message(alias, stored, model))
-    expected = _expected(names, dims or stored_dims(client, names.images) or DEFAULT_DIMS, model)
+    existing_dims = stored_dims(client, names.images)
+    if callable(dims):
+        dims = existing_dims or dims()
+    dims = dims or existing_dims
+    if not dims:
+        raise ValueError(f"no image index behind {alias} records its vector dims: they are needed to create it")
+    expected = _expected(names, dims, model)
     problems = _add_missing_fields(client, expected,
                                    [p for name, mapping in expected for p in check_index(client, name, mapping)])
     if problems:
@@ -277,7 +283,8 @@ def upgrade_indices(client: Elasticsearch, alias: str, *,
             outcome[name] = "current"
             continue
         if name == names.images:
-            mapping = image_mapping(int(meta.get("dims") or DEFAULT_DIMS), meta.get("model"))
+            dims = meta.get("dims") or body["mappings"]["properties"]["image_embedding"]["dims"]
+            mapping = image_mapping(int(dims), meta.get("model"))
             transform = transform_image
         else:
             mapping, transform = sources_mapping(), None

@@ -16,7 +16,6 @@ from typing import Any
 # `imgsearch index upgrade` copies it into the current schema. 2: perceptual hashes, the urls index.
 SCHEMA_VERSION = 2
 PHASH_BITS = 64
-DEFAULT_DIMS = 512
 
 _KEYWORD = {"type": "keyword"}
 _DATE = {"type": "date"}
@@ -40,7 +39,7 @@ def index_settings(shards: int = 1, replicas: int = 0) -> dict[str, Any]:
     return {"number_of_shards": shards, "number_of_replicas": replicas}
 
 
-def image_mapping(dims: int = DEFAULT_DIMS, model: str | None = None) -> dict[str, Any]:
+def image_mapping(dims: int, model: str | None = None) -> dict[str, Any]:
     return {
         "dynamic": "strict",
         "_meta": {"schema_version": SCHEMA_VERSION, "kind": "images", "model": model, "dims": dims,

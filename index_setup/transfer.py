@@ -33,7 +33,7 @@ from typing import IO, Any
 from elasticsearch import Elasticsearch, helpers
 
 from index_setup.indices import IndexNames, _existing_mappings, ensure_indices, require_indices
-from index_setup.mappings import DEFAULT_DIMS, SCHEMA_VERSION
+from index_setup.mappings import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ def check_header(record: Any) -> dict[str, Any]:
 def image_meta(record: dict[str, Any]) -> tuple[int, str | None]:
     """(dims, model) of the exported image index."""
     meta = record["indices"]["images"].get("meta") or {}
-    return int(meta.get("dims") or DEFAULT_DIMS), meta.get("model")
+    if not meta.get("dims"):
+        raise TransferError("the export header does not say the image vectors' dims")
+    return int(meta["dims"]), meta.get("model")
 
 
 def bulk_action(names: IndexNames, record: Any, line_number: int) -> dict[str, Any]:

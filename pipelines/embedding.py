@@ -127,6 +127,18 @@ def load_model(name: str, *, device: str, setting: str) -> SentenceTransformer:
         raise ModelUnavailable(unavailable_message(name, setting, f"{type(exc).__name__}: {exc}")) from exc
 
 
+def embedding_dimension(model: SentenceTransformer) -> int:
+    # renamed in sentence-transformers 6; the old name still works there with a warning
+    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(dimension())
+
+
+def model_dims(name: str, *, setting: str = "IMGSEARCH_IMAGE_MODEL") -> int:
+    """The size of the model's vectors, for a new index. The model is loaded (on the CPU): sentence-transformers
+    derives the size from its modules in ways their config files do not share (projections, dense layers)."""
+    return embedding_dimension(load_model(name, device="cpu", setting=setting))
+
+
 def resolve_device(device: str) -> str:
     if device and device != "auto":
         return device
@@ -385,10 +397,7 @@ class Embedder:
 
     @property
     def dims(self) -> int:
-        model = self.load_image_model()
-        # renamed in sentence-transformers 6; the old name still works there with a warning
-        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(dimension())
+        return embedding_dimension(self.load_image_model())
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dims) L2-normalised float32 vectors of RGB images prepared by `imaging.load_image`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -449,11 +450,16 @@ class IndexPipeline:
     async def open_spider(self) -> None:
         from index_setup.client import ClusterError, async_es_client, es_client
         from index_setup.indices import ensure_indices
+        from pipelines.embedding import model_dims
+
+        model = self.settings.get("IMGSEARCH_IMAGE_MODEL")
 
         def ensure() -> None:
             client = es_client(self.settings)
             try:
-                ensure_indices(client, self.index, model=self.settings.get("IMGSEARCH_IMAGE_MODEL"),
+                # Loads the model for its dims only when a first crawl not started by `imgsearch crawl` (which
+                # creates the indices before) creates the image index, while the embed stage loads it too.
+                ensure_indices(client, self.index, dims=functools.partial(model_dims, model), model=model,
                                shards=self.settings.getint("IMGSEARCH_SHARDS"),
                                replicas=self.settings.getint("IMGSEARCH_REPLICAS"))
             except (elastic_transport.TransportError, elasticsearch.ApiError) as exc:

@@ -280,10 +280,12 @@ def test_pages_waiting_together_for_robots_txt_all_obey_it(crawl_env, tmp_path, 
 
 def test_a_finished_crawl_is_searchable_at_once(crawl_settings_env, index_alias, es, tmp_path):
     from index_setup.indices import IndexNames, delete_indices, ensure_indices
+    from pipelines.embedding import model_dims
 
     alias = f"{index_alias}-searchable"
     env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias}
-    ensure_indices(es, alias, model=env["IMGSEARCH_IMAGE_MODEL"])
+    model = env["IMGSEARCH_IMAGE_MODEL"]
+    ensure_indices(es, alias, dims=model_dims(model), model=model)
     # No periodic refresh: only the crawl's own refresh at its end can make its writes visible to a search.
     es.indices.put_settings(index=",".join(IndexNames.for_alias(alias).all()),
                             settings={"index.refresh_interval": "-1"})
@@ -298,5 +300,31 @@ def test_a_finished_crawl_is_searchable_at_once(crawl_settings_env, index_alias,
         assert stats["imgsearch/index/images_created"] == 3
         assert es.count(index=alias)["count"] == 3
         assert es.count(index=sources_alias(alias))["count"] == 3
+    finally:
+        delete_indices(es, alias)
+
+
+def test_a_first_crawl_with_a_model_of_other_dims_indexes_every_image(wide_standin_models, crawl_settings_env,
+                                                                      index_alias, es, tmp_path):
+    from index_setup.indices import delete_indices
+
+    image, text = wide_standin_models
+    alias = f"{index_alias}-wide"
+    env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias, "IMGSEARCH_IMAGE_MODEL": str(image),
+           "IMGSEARCH_TEXT_MODEL": str(text)}
+    routes = {
+        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
+        "/": page("Wide", "".join(f'<img src="/img/{n}.jpg">' for n in range(3))),
+        **{f"/img/{n}.jpg": Route(encode(photo_like(6400 + n, 96, 64)), JPEG) for n in range(3)},
+    }
+    try:
+        with SiteServer(routes) as site:
+            stats = crawl(env, tmp_path, site.url + "/")
+        assert stats["imgsearch/index/images_created"] == 3
+        assert stats.get("imgsearch/index/dead_lettered", 0) == 0
+        mappings = next(iter(es.indices.get_mapping(index=alias).body.values()))["mappings"]
+        assert mappings["properties"]["image_embedding"]["dims"] == mappings["_meta"]["dims"] == 768
+        hits = es.search(index=alias, size=10)["hits"]["hits"]
+        assert sorted(len(hit["_source"]["image_embedding"]) for hit in hits) == [768] * 3
     finally:
         delete_indices(es, alias)

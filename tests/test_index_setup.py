@@ -23,6 +23,9 @@ from index_setup.mappings import (
     sources_mapping,
     urls_alias,
 )
+from tests.cli_runs import in_process
+
+DIMS = 512  # the size of this module's vectors
 
 
 def _unit(vector):
@@ -30,7 +33,7 @@ def _unit(vector):
     return (vector / np.linalg.norm(vector)).tolist()
 
 
-def _basis(i, dims=512):
+def _basis(i, dims=DIMS):
     v = np.zeros(dims, dtype=np.float32)
     v[i] = 1.0
     return v
@@ -38,15 +41,15 @@ def _basis(i, dims=512):
 
 def test_create_twice_is_a_no_op(es, index_alias):
     names = (index_alias, sources_alias(index_alias), urls_alias(index_alias))
-    assert ensure_indices(es, index_alias, model="m") == dict.fromkeys(names, "created")
+    assert ensure_indices(es, index_alias, dims=DIMS, model="m") == dict.fromkeys(names, "created")
     first = es.indices.get(index=index_alias).body
-    assert ensure_indices(es, index_alias, model="m") == dict.fromkeys(names, "exists")
+    assert ensure_indices(es, index_alias, dims=DIMS, model="m") == dict.fromkeys(names, "exists")
     assert es.indices.get(index=index_alias).body == first
     require_indices(es, index_alias)
 
 
 def test_mappings_are_as_specified(es, index_alias):
-    ensure_indices(es, index_alias, model="m")
+    ensure_indices(es, index_alias, dims=DIMS, model="m")
     images = es.indices.get_mapping(index=index_alias).body
     assert list(images) == [concrete_name(index_alias)]
     props = images[concrete_name(index_alias)]["mappings"]["properties"]
@@ -100,7 +103,7 @@ def test_missing_index_is_reported(es, index_alias):
 
 
 def test_knn_round_trip_returns_nearest_first(es, index_alias):
-    ensure_indices(es, index_alias)
+    ensure_indices(es, index_alias, dims=DIMS)
     docs = {
         "a": _unit(_basis(0)),
         "b": _unit(_basis(1)),
@@ -122,7 +125,7 @@ def test_knn_round_trip_returns_nearest_first(es, index_alias):
 
 
 def test_sources_index_accepts_occurrences(es, index_alias):
-    ensure_indices(es, index_alias)
+    ensure_indices(es, index_alias, dims=DIMS)
     sources = sources_alias(index_alias)
     for page in ("http://a.test/1", "http://a.test/2"):
         es.index(index=sources, document={
@@ -239,12 +242,60 @@ def test_an_index_of_other_dims_is_used_as_it_is_when_no_dims_are_asked(es, inde
         delete_indices(es, alias)
 
 
+def test_the_models_dims_are_asked_for_only_to_create_the_image_index(es, index_alias):
+    alias = f"{index_alias}-asked"
+    asked = []
+
+    def dims():  # stands for loading the model
+        asked.append(alias)
+        return 384
+
+    try:
+        with pytest.raises(ValueError, match="vector dims"):
+            ensure_indices(es, alias, model="m384")
+        assert [row["index"] for row in index_info(es, alias)] == [None] * 3, "nothing is created without dims"
+        assert ensure_indices(es, alias, dims=dims, model="m384")[alias] == "created"
+        assert ensure_indices(es, alias, dims=dims, model="m384")[alias] == "exists"
+        assert asked == [alias]
+        assert index_info(es, alias)[0]["meta"]["dims"] == 384
+    finally:
+        delete_indices(es, alias)
+
+
 def test_index_info_counts_images_not_their_nested_crop_hashes(es, index_alias):
     alias = f"{index_alias}-count"
     try:
-        ensure_indices(es, alias, model="m")
+        ensure_indices(es, alias, dims=DIMS, model="m")
         crops = [{"crop": f"c{i}", "hash": "00000000ffffffff"} for i in range(16)]
         es.index(index=alias, id="a", document={"image_id": "a", "phash_crops": crops}, refresh=True)
         assert index_info(es, alias)[0]["docs"] == 1
+    finally:
+        delete_indices(es, alias)
+
+
+def _image_mappings(es, alias):
+    return next(iter(es.indices.get_mapping(index=alias).body.values()))["mappings"]
+
+
+def test_index_create_sizes_the_image_index_for_the_configured_model(es, index_alias, standin_models,
+                                                                     wide_standin_models, monkeypatch, capsys):
+    alias = f"{index_alias}-wide"
+    wide = str(wide_standin_models[0])
+    cli = in_process(monkeypatch, capsys, {"IMGSEARCH_INDEX": alias, "IMGSEARCH_IMAGE_MODEL": wide,
+                                           "HF_HUB_OFFLINE": "1"})
+    try:
+        status, out, err = cli("index", "create")
+        assert status == 0, err
+        assert f"{alias}: created" in out
+        mappings = _image_mappings(es, alias)
+        assert mappings["properties"]["image_embedding"]["dims"] == mappings["_meta"]["dims"] == 768
+        assert mappings["_meta"]["model"] == wide
+        assert cli("index", "create")[:2] == (0, f"{alias}: exists\n{sources_alias(alias)}: exists\n"
+                                                 f"{urls_alias(alias)}: exists\n")
+        # A model of other dims is refused on it, and nothing is changed.
+        monkeypatch.setenv("IMGSEARCH_IMAGE_MODEL", str(standin_models[0]))
+        status, _, err = cli("index", "create")
+        assert status == 2 and f"holds vectors of the image model {wide}" in err
+        assert _image_mappings(es, alias) == mappings
     finally:
         delete_indices(es, alias)

@@ -282,7 +282,7 @@ class FaultProxy:
 @pytest.fixture(scope="module")
 def index(es, index_alias) -> str:
     """The image index alias of this module (its sources index is `sources_alias(index)`)."""
-    ensure_indices(es, index_alias)
+    ensure_indices(es, index_alias, dims=DIMS)
     return index_alias
 
 
@@ -812,3 +812,30 @@ def test_transport_retries_do_not_multiply_ours(proxy, proxy_settings, index):
     assert outcomes[0].reason == "http_429"
     assert stats.retried == 1
     assert proxy.bulk_count == 2  # today: 6, three HTTP requests per attempt
+
+
+def test_the_index_stage_of_a_first_crawl_sizes_the_image_index_for_the_configured_model(es, index_alias,
+                                                                                        wide_standin_models):
+    """What a crawl started without `imgsearch crawl` (scrapyd) relies on: the index stage creates the indices."""
+    from scrapy.utils.test import get_crawler, get_reactor_settings
+
+    from crawler.config import load_settings
+    from index_setup.indices import delete_indices
+    from pipelines.indexing import IndexPipeline
+
+    alias = f"{index_alias}-wide"
+    settings = load_settings({"IMGSEARCH_INDEX": alias, "IMGSEARCH_IMAGE_MODEL": str(wide_standin_models[0])})
+    # No reactor in this process (the stage runs on asyncio alone), and no spider for the crawl's extensions.
+    crawler = get_crawler(settings_dict={**settings.copy_to_dict(), **get_reactor_settings(), "EXTENSIONS": {}})
+    pipeline = IndexPipeline.from_crawler(crawler)
+
+    async def open_and_close() -> None:
+        await pipeline.open_spider()
+        await pipeline.close_spider()
+
+    try:
+        asyncio.run(open_and_close())
+        mappings = next(iter(es.indices.get_mapping(index=alias).body.values()))["mappings"]
+        assert mappings["properties"]["image_embedding"]["dims"] == mappings["_meta"]["dims"] == 768
+    finally:
+        delete_indices(es, alias)

@@ -125,7 +125,7 @@ def test_the_file_is_a_header_the_documents_and_an_end_line_gzip_too(crawled, cl
 def test_import_refuses_a_target_of_another_model_or_other_dims(crawled, cli, es, index_alias, other, tmp_path):
     path = tmp_path / "photos.ndjson"
     assert cli("export", str(path), "--index", index_alias)[0] == 0
-    ensure_indices(es, other, model="some-other-model")
+    ensure_indices(es, other, dims=512, model="some-other-model")
     status, _, err = cli("import", str(path), "--index", other)
     assert status == 2
     assert "holds vectors of the image model some-other-model" in err and "Traceback" not in err
@@ -169,7 +169,7 @@ def test_export_and_import_stream_in_constant_memory(es, index_alias, tmp_path):
     """Memory at the peak stays a fraction of the file (a few pages of documents), whatever its size: reading the
     whole file, or holding every document, would take several times its size."""
     source, target = f"{index_alias}-big", f"{index_alias}-big-copy"
-    ensure_indices(es, source, model="m")
+    ensure_indices(es, source, dims=512, model="m")
     rng = np.random.default_rng(7)
     count = 2500
     try:
