@@ -244,7 +244,9 @@ def cmd_index_upgrade(args: argparse.Namespace) -> int:
     root = local_store(store)
     hashes = None if root is None else StoredHashes(root, max_pixels=settings.getint("IMGSEARCH_FETCH_MAX_PIXELS"))
     try:
-        outcome = upgrade_indices(client, settings.get("IMGSEARCH_INDEX"), transform_image=hashes, progress=print)
+        outcome = upgrade_indices(client, settings.get("IMGSEARCH_INDEX"), shards=settings.getint("IMGSEARCH_SHARDS"),
+                                  replicas=settings.getint("IMGSEARCH_REPLICAS"), transform_image=hashes,
+                                  progress=print)
     except (IndexConflict, IndexMissing) as exc:
         raise CliError(str(exc)) from exc
     for name, what in outcome.items():

@@ -253,7 +253,7 @@ def _copy(client: Elasticsearch, old: str, new: str,
     return copied
 
 
-def upgrade_indices(client: Elasticsearch, alias: str, *,
+def upgrade_indices(client: Elasticsearch, alias: str, *, shards: int = 1, replicas: int = 0,
                     transform_image: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                     progress: Callable[[str], None] = logger.info) -> dict[str, str]:
     """Bring the indices behind `alias` to the current schema without losing a document or a search.
@@ -262,7 +262,8 @@ def upgrade_indices(client: Elasticsearch, alias: str, *,
     dead-letters, for `imgsearch replay` afterwards), create the new concrete index, copy every document with
     scan + bulk (`transform_image` fills in the image documents' new fields), check the counts, then move the
     alias in one atomic call and delete the old index. Searches use the old index until that call. A copy that
-    fails leaves the alias on the old index, writable again, and removes the partial new one. Returns
+    fails leaves the alias on the old index, writable again, and removes the partial new one. A copy keeps its
+    old index's shards and replicas; the urls index, new, gets `shards` and `replicas`. Returns
     {alias: "upgraded" | "current" | "created"}.
     """
     names = IndexNames.for_alias(alias)
@@ -271,7 +272,6 @@ def upgrade_indices(client: Elasticsearch, alias: str, *,
         raise IndexMissing(f"index {', '.join(require_existing)} does not exist: nothing to upgrade; "
                            f"`imgsearch index create --index {alias}` makes current ones")
     outcome = {}
-    settings = index_settings()
     for name in (names.images, names.sources):
         existing = _existing_mappings(client, name) or {}
         if len(existing) != 1:
@@ -316,7 +316,8 @@ def upgrade_indices(client: Elasticsearch, alias: str, *,
         progress(f"alias {name} now points at {new}; {old} deleted")
         outcome[name] = "upgraded"
     if _existing_mappings(client, names.urls) is None:
-        client.indices.create(index=concrete_name(names.urls), settings=settings, mappings=urls_mapping(),
+        client.indices.create(index=concrete_name(names.urls), settings=index_settings(shards, replicas),
+                              mappings=urls_mapping(),
                               aliases={names.urls: {"is_write_index": True}})
         outcome[names.urls] = "created"
     else:

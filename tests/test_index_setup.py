@@ -19,6 +19,7 @@ from index_setup.mappings import (
     SCHEMA_VERSION,
     concrete_name,
     image_mapping,
+    index_settings,
     sources_alias,
     sources_mapping,
     urls_alias,
@@ -299,3 +300,24 @@ def test_index_create_sizes_the_image_index_for_the_configured_model(es, index_a
         assert _image_mappings(es, alias) == mappings
     finally:
         delete_indices(es, alias)
+
+
+def test_index_upgrade_creates_the_urls_index_with_the_configured_shards_and_replicas(es, index_alias, tmp_path,
+                                                                                     monkeypatch, capsys):
+    alias = f"{index_alias}-shards"
+    images, sources = _v1_mappings()
+    one = index_settings(1, 0)
+    es.indices.create(index=f"{alias}-v1", settings=one, mappings=images, aliases={alias: {"is_write_index": True}})
+    es.indices.create(index=f"{sources_alias(alias)}-v1", settings=one, mappings=sources,
+                      aliases={sources_alias(alias): {"is_write_index": True}})
+    cli = in_process(monkeypatch, capsys, {"IMGSEARCH_INDEX": alias, "FILES_STORE": str(tmp_path / "store"),
+                                           "IMGSEARCH_SHARDS": "2", "IMGSEARCH_REPLICAS": "1"})
+    try:
+        status, out, err = cli("index", "upgrade")
+        assert status == 0, err
+        assert f"{urls_alias(alias)}: created" in out
+        urls = next(iter(es.indices.get_settings(index=urls_alias(alias)).body.values()))["settings"]["index"]
+        assert (urls["number_of_shards"], urls["number_of_replicas"]) == ("2", "1")
+    finally:
+        for name in (alias, sources_alias(alias), urls_alias(alias)):
+            es.indices.delete(index=f"{name}-v1,{name}-v2", ignore_unavailable=True)
