@@ -64,6 +64,15 @@ def build_site(cdn_url: str) -> dict[str, Route]:
     return routes
 
 
+def three_images_site(title: str, seed: int) -> dict[str, Route]:
+    """A home page showing three small distinct JPEGs."""
+    return {
+        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
+        "/": page(title, "".join(f'<img src="/img/{n}.jpg">' for n in range(3))),
+        **{f"/img/{n}.jpg": Route(encode(photo_like(seed + n, 96, 64)), JPEG) for n in range(3)},
+    }
+
+
 @pytest.fixture(scope="module")
 def sites():
     with SiteServer() as cdn, SiteServer() as site:
@@ -289,11 +298,7 @@ def test_a_finished_crawl_is_searchable_at_once(crawl_settings_env, index_alias,
     # No periodic refresh: only the crawl's own refresh at its end can make its writes visible to a search.
     es.indices.put_settings(index=",".join(IndexNames.for_alias(alias).all()),
                             settings={"index.refresh_interval": "-1"})
-    routes = {
-        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
-        "/": page("Three", "".join(f'<img src="/img/{n}.jpg">' for n in range(3))),
-        **{f"/img/{n}.jpg": Route(encode(photo_like(6300 + n, 96, 64)), "image/jpeg") for n in range(3)},
-    }
+    routes = three_images_site("Three", 6300)
     try:
         with SiteServer(routes) as site:
             stats = crawl(env, tmp_path, site.url + "/")
@@ -312,11 +317,7 @@ def test_a_first_crawl_with_a_model_of_other_dims_indexes_every_image(wide_stand
     alias = f"{index_alias}-wide"
     env = {**crawl_settings_env, "IMGSEARCH_INDEX": alias, "IMGSEARCH_IMAGE_MODEL": str(image),
            "IMGSEARCH_TEXT_MODEL": str(text)}
-    routes = {
-        "/robots.txt": Route(b"User-agent: *\nAllow: /\n", "text/plain"),
-        "/": page("Wide", "".join(f'<img src="/img/{n}.jpg">' for n in range(3))),
-        **{f"/img/{n}.jpg": Route(encode(photo_like(6400 + n, 96, 64)), JPEG) for n in range(3)},
-    }
+    routes = three_images_site("Wide", 6400)
     try:
         with SiteServer(routes) as site:
             stats = crawl(env, tmp_path, site.url + "/")
