@@ -536,6 +536,7 @@ class EmbedPipeline:
         await loop.run_in_executor(self._executor, self.embedder.load_image_model)
         self.stats.set_value("imgsearch/embed/precision", self.embedder.precision)
         self.stats.set_value("imgsearch/embed/concurrent_batches", workers)
+        self.stats.set_value("imgsearch/embed/batch_size", self.batch_size)
         self._batcher = Batcher(self._embed_batch, size=self.batch_size, max_wait=self.max_wait,
                                 max_in_flight=max(2, workers), spread=workers > 1,
                                 upstream_idle=self.occupancy.idle(FETCH_STAGE))
