@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from crawler.config import load_settings
+from crawler.config import SettingsError, load_settings
 
 logger = logging.getLogger("imgsearch")
 
@@ -24,7 +24,10 @@ class CliError(Exception):
 
 def _settings(args: argparse.Namespace, **extra):
     overrides = {"IMGSEARCH_INDEX": getattr(args, "index", None), **extra}
-    return load_settings(overrides)
+    try:
+        return load_settings(overrides)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _client(settings):

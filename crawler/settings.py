@@ -2,12 +2,13 @@
 
 Every name in this module can be overridden by an environment variable of the same name (see the end of
 the file), so `IMGSEARCH_INDEX=photos imgsearch crawl ...`, a cron job and a Scrapyd job all configure the
-same way. Command-line flags override both.
+same way. Command-line flags (and `-s NAME=VALUE`) override both; an empty value means the default.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 BOT_NAME = "imgsearch"
@@ -25,7 +26,7 @@ DOWNLOAD_DELAY = 0.25
 AUTOTHROTTLE_ENABLED = True
 AUTOTHROTTLE_START_DELAY = 0.5
 AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
-DOWNLOAD_TIMEOUT = 30
+DOWNLOAD_TIMEOUT = 30.0
 RETRY_TIMES = 2
 REDIRECT_MAX_TIMES = 10
 # Pages bigger than this are not worth parsing; images have their own cap (IMGSEARCH_FETCH_MAX_BYTES).
@@ -51,10 +52,13 @@ SCHEDULER = "crawler.jobstate.JournalScheduler"
 SPIDER_MIDDLEWARES = {
     "crawler.jobstate.PageTracker": 10,
 }
-# With IMGSEARCH_REDIS_URL set, a crawl frontier shared by several crawl processes replaces that scheduler
-# (crawler/frontier.py); without it, this add-on changes nothing.
 ADDONS = {
-    "crawler.frontier.SharedFrontier": 0,
+    # The defaults that depend on other settings, derived once every override is in, and each value checked
+    # (crawler/config.py): first, so that the add-ons after it read checked values.
+    "crawler.config.ResolvedSettings": 0,
+    # With IMGSEARCH_REDIS_URL set, a crawl frontier shared by several crawl processes replaces that scheduler
+    # (crawler/frontier.py); without it, this add-on changes nothing.
+    "crawler.frontier.SharedFrontier": 10,
 }
 # Before Scrapy's RetryMiddleware (550) sees a 429 or 503: wait out its Retry-After. And Scrapy's robots.txt
 # middleware replaced by one that gives its rules to every request waiting for them (crawler/robots.py).
@@ -76,7 +80,7 @@ CONCURRENT_ITEMS = 64
 FEED_EXPORT_ENCODING = "utf-8"
 
 # Seconds between progress lines during a crawl (0: none).
-IMGSEARCH_PROGRESS_SECONDS = 10
+IMGSEARCH_PROGRESS_SECONDS = 10.0
 # The crawl's progress on the command line's display (a bar with rate and ETA on a terminal, plain lines
 # otherwise) instead of log lines; `imgsearch crawl` sets it when stderr is a terminal.
 IMGSEARCH_PROGRESS_BAR = False
@@ -95,7 +99,7 @@ ES_CA_CERTS = None
 # a throwaway cluster, never silently: every client built so warns.
 ES_VERIFY_CERTS = True
 # Seconds to wait for one Elasticsearch request.
-ES_REQUEST_TIMEOUT = 30
+ES_REQUEST_TIMEOUT = 30.0
 # HTTP port of the local node started by `imgsearch es start`.
 IMGSEARCH_ES_PORT = 9200
 # JVM heap of the local node.
@@ -118,7 +122,7 @@ IMGSEARCH_REDIS_KEY = None
 # Join the crawl already started on the frontier (`imgsearch crawl --join`) instead of starting one.
 IMGSEARCH_REDIS_JOIN = False
 # A worker leaves after this many seconds with nothing to crawl while no other worker is busy.
-IMGSEARCH_REDIS_IDLE_SECONDS = 30
+IMGSEARCH_REDIS_IDLE_SECONDS = 30.0
 
 # --- imgsearch: fetch stage ---------------------------------------------------------------------------------
 # Where the original image bytes are kept (a folder or s3://bucket/prefix); relative_path is inside it.
@@ -140,10 +144,10 @@ IMGSEARCH_FETCH_MAX_IN_FLIGHT = 400
 IMGSEARCH_NOAI_EXEMPT_DOMAINS = ""
 # A 429 or 503 answer's Retry-After (seconds or a date) is waited out, up to this many seconds, and the site's
 # download delay raised to it, before Scrapy's retry.
-IMGSEARCH_RETRY_AFTER_MAX = 300
+IMGSEARCH_RETRY_AFTER_MAX = 300.0
 # A re-crawl does not download an indexed image URL fetched (or confirmed unchanged) less than this many days
 # ago; an older one is asked for with its ETag / Last-Modified. 0: always ask.
-IMGSEARCH_REFRESH_DAYS = 30
+IMGSEARCH_REFRESH_DAYS = 30.0
 
 # --- imgsearch: embed stage ---------------------------------------------------------------------------------
 # Image model (hub name or local folder); indexing and image queries both use it.
@@ -235,17 +239,14 @@ def default_replicas(es_url: str | None) -> int:
     return 1 if es_url and len([u for u in str(es_url).split(",") if u.strip()]) > 1 else 0
 
 
-def _apply_environment(namespace: dict) -> None:
-    """Let an environment variable of the same name override each setting above."""
-    for name in [n for n in namespace if n.isupper()]:
-        if name in os.environ:
-            namespace[name] = os.environ[name]
+def environment(names: Iterable[str]) -> dict[str, str]:
+    """The environment's value of each named setting that has one. An empty variable is an unset one: `NAME=` in a
+    shell, a unit file or a compose file means "no value" far more often than an empty one."""
+    return {name: os.environ[name] for name in names if os.environ.get(name, "").strip()}
 
 
-_apply_environment(globals())
-IMGSEARCH_CACHE_DIR = IMGSEARCH_CACHE_DIR or str(default_cache_dir())
-FILES_STORE = FILES_STORE or str(default_data_dir() / "store")
-IMGSEARCH_INDEX_DEAD_LETTER_DIR = IMGSEARCH_INDEX_DEAD_LETTER_DIR or str(default_data_dir() / "dead-letter")
-IMGSEARCH_REPLICAS = default_replicas(ES_URL) if IMGSEARCH_REPLICAS in (None, "") else IMGSEARCH_REPLICAS
-IMGSEARCH_EMBED_BATCH_SIZE = IMGSEARCH_EMBED_BATCH_SIZE or embed_batch_size(
-    IMGSEARCH_EMBED_DEVICE, IMGSEARCH_EMBED_BATCH_SIZE_CPU, IMGSEARCH_EMBED_BATCH_SIZE_GPU)
+# The defaults before the environment: what an empty value means, and the type a value must read as.
+defaults = {name: value for name, value in globals().items() if name.isupper()}
+# Scrapy reads this module as it is (get_project_settings); the defaults derived from other settings are filled
+# in where a crawl starts or the CLI loads its settings, once every override is known (crawler/config.py).
+globals().update(environment(defaults))
