@@ -37,10 +37,12 @@ def test_a_value_that_cannot_be_used_is_one_line_and_exit_2(name, value, expecte
     assert not es.indices.exists_alias(name=index_alias), "nothing is created with a setting refused"
 
 
-def test_an_empty_variable_is_an_unset_one(es, index_alias):
+def test_an_empty_variable_is_an_unset_one(es, index_alias, crawl_settings_env):
     empty = {name: "" for name in ("IMGSEARCH_REPLICAS", "IMGSEARCH_SHARDS", "IMGSEARCH_EMBED_BATCH_SIZE",
                                    "ES_VERIFY_CERTS", "IMGSEARCH_CACHE_DIR", "IMGSEARCH_PROGRESS_SECONDS")}
-    result = imgsearch("index", "create", "--index", index_alias, env=empty)
+    # The stand-in model: a new image index takes its dims from the model.
+    models = {name: crawl_settings_env[name] for name in ("IMGSEARCH_IMAGE_MODEL", "HF_HUB_OFFLINE")}
+    result = imgsearch("index", "create", "--index", index_alias, env={**models, **empty})
     assert result.returncode == 0, result.stderr
     concrete = next(iter(es.indices.get_alias(name=index_alias)))
     shape = es.indices.get_settings(index=concrete)[concrete]["settings"]["index"]
