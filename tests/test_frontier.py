@@ -204,6 +204,10 @@ class Workers:
         wait_for(lambda: list(self.states().values()).count("idle") >= 1 and len(self.states()) == 2
                  or self._dead(), 240, "the second worker to join and wait for pages")
 
+    def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> None:
+        """wait_for, failing at once with its log when a worker exits meanwhile."""
+        wait_for(lambda: condition() or self._dead(), timeout, what)
+
     def states(self) -> dict[str, str]:
         from crawler.frontier import Frontier
 
@@ -247,35 +251,46 @@ def html_requests(site: SiteServer) -> dict[str, int]:
     return {path: n for path, n in site.requests.items() if path != "/robots.txt" and not path.startswith("/img/")}
 
 
-def test_two_workers_share_the_frontier_and_fetch_each_page_once(redis_url, crawl_settings_env, es, index_alias,
-                                                                 tmp_path):
+def crawl_two_workers(site: SiteServer, workers: Workers, start: Callable[[], None], home: Gate,
+                      pages_gate: Gate) -> list[dict]:
+    """`start()` the workers, then see that each takes some of the pages, and that both finish."""
+    try:
+        start()
+        home.open()
+        # Each worker holds at most 3 requests: with all 6 pages asked for, each worker has some.
+        workers.wait_for(lambda: len(html_requests(site)) == 7, 120, "both workers to take the pages")
+        pages_gate.open()
+        return workers.finish()
+    finally:
+        home.open()
+        pages_gate.open()
+        workers.kill()
+
+
+def assert_crawled_once(site: SiteServer, images: dict[str, bytes], stats: list[dict], es, alias: str,
+                        redis_url: str) -> None:
     import redis
 
     from index_setup.mappings import sources_alias
-
-    home, pages_gate = Gate(), Gate()
-    routes, images = gallery(6, 3, seed=500, home=home, pages_gate=pages_gate)
-    key = f"imgsearch:{index_alias}"
-    workers = Workers(redis_url, key, worker_env({**crawl_settings_env, "IMGSEARCH_INDEX": index_alias}), tmp_path)
-    with SiteServer(routes) as site:
-        try:
-            workers.start(site.url + "/")
-            home.open()
-            # Each worker holds at most 3 requests: with all 6 pages asked for, each worker has some.
-            wait_for(lambda: len(html_requests(site)) == 7, 120, "both workers to take the pages")
-            pages_gate.open()
-            stats = workers.finish()
-        finally:
-            home.open()
-            pages_gate.open()
-            workers.kill()
 
     assert html_requests(site) == {"/": 1, **{f"/p{i}.html": 1 for i in range(6)}}, "each page fetched once"
     assert all(site.requests[path] == 1 for path in images), "each image downloaded once"
     assert all(s.get("scheduler/dequeued/redis", 0) > 0 for s in stats), "both workers crawled pages"
     assert sum(s.get("imgsearch/index/images_created", 0) for s in stats) == len(images)
     assert all(s.get("imgsearch/index/dead_lettered", 0) == 0 for s in stats)
-    es.indices.refresh(index=f"{index_alias},{sources_alias(index_alias)}")
-    assert es.count(index=index_alias)["count"] == len(images)
-    assert es.count(index=sources_alias(index_alias))["count"] == len(images)
-    assert redis.Redis.from_url(redis_url).keys(f"{key}*") == [], "the last worker out deleted the crawl's keys"
+    es.indices.refresh(index=f"{alias},{sources_alias(alias)}")
+    assert es.count(index=alias)["count"] == len(images)
+    assert es.count(index=sources_alias(alias))["count"] == len(images)
+    assert redis.Redis.from_url(redis_url).keys(f"imgsearch:{alias}*") == [], \
+        "the last worker out deleted the crawl's keys"
+
+
+def test_two_workers_share_the_frontier_and_fetch_each_page_once(redis_url, crawl_settings_env, es, index_alias,
+                                                                 tmp_path):
+    home, pages_gate = Gate(), Gate()
+    routes, images = gallery(6, 3, seed=500, home=home, pages_gate=pages_gate)
+    workers = Workers(redis_url, f"imgsearch:{index_alias}",
+                      worker_env({**crawl_settings_env, "IMGSEARCH_INDEX": index_alias}), tmp_path)
+    with SiteServer(routes) as site:
+        stats = crawl_two_workers(site, workers, lambda: workers.start(site.url + "/"), home, pages_gate)
+    assert_crawled_once(site, images, stats, es, index_alias, redis_url)
