@@ -11,15 +11,21 @@ The crawl's keys start with ``IMGSEARCH_REDIS_KEY`` (default ``imgsearch:<IMGSEA
 
     <key>:requests        the queue (scrapy-redis PriorityQueue: a sorted set of pickled requests)
     <key>:seen            fingerprints of every page request scheduled (scrapy-redis RFPDupeFilter)
-    <key>:crawl           JSON: the spider and its arguments, so that `imgsearch crawl --join` runs the same spider
+    <key>:crawl           JSON: the spider and its arguments, so that `imgsearch crawl --join` runs the same spider,
+                          and a token naming this crawl
     <key>:worker:<id>     one per live worker ("busy" or "idle"), expiring unless refreshed
 
-The first worker starts the crawl (`start`): it is refused while other workers are live, clears what an earlier,
-finished crawl left and resumes what an interrupted one left in the queue. Other workers `join` it: their
-spider's start requests are skipped. A worker leaves after ``IMGSEARCH_REDIS_IDLE_SECONDS`` with nothing to do
-while no other worker is busy (one that is may still find pages); the last one to leave a finished crawl
-deletes its keys. A worker that is killed loses the pages it had taken from the queue (at most
-CONCURRENT_REQUESTS): the frontier is a work queue, not a journal (for that, use one process with --job-dir).
+The first worker starts the crawl: it is refused while other workers are live, clears what an earlier, finished
+crawl left and resumes what an interrupted one left in the queue. `imgsearch crawl` does so in two steps:
+`publish`, at once, which records the arguments and registers the process as a busy worker, then `start`, once
+its crawl runs, which starts the published crawl (known by its token) whoever has joined it meanwhile. Other
+workers `join` it: their spider's start requests are skipped. Each step reads and writes the keys in one Redis
+transaction (WATCH/MULTI), so that two at once cannot both act on what they read.
+
+A worker leaves after ``IMGSEARCH_REDIS_IDLE_SECONDS`` with nothing to do while no other worker is busy (one
+that is may still find pages); the last one to leave a finished crawl deletes its keys. A worker that is killed
+loses the pages it had taken from the queue (at most CONCURRENT_REQUESTS): the frontier is a work queue, not a
+journal (for that, use one process with --job-dir).
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from scrapy.spiders import Spider
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEDULER_PATH = "crawler.frontier.SharedScheduler"
 # A worker's liveness key lasts this long unless refreshed (every third of it).
@@ -129,49 +139,53 @@ class Frontier:
         data = self.server.get(self.crawl_key)
         return json.loads(data) if data else None
 
-    def publish(self, spider: str, args: dict[str, Any]) -> None:
-        """Record the spider and its arguments for `--join` (before this process starts the crawl)."""
-        self.server.set(self.crawl_key, json.dumps({
-            "spider": spider, "args": args, "publisher": this_worker(),
-            "published": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
+    def publish(self, worker: str, spider: str, args: dict[str, Any]) -> str:
+        """Record the spider and its arguments for `--join` (before this process starts the crawl), and register
+        the publisher as a busy worker; returns the crawl's token, by which `start` knows the crawl as its own."""
+        token = uuid.uuid4().hex
+        self._claim(worker, {"spider": spider, "args": args, "publisher": worker, "token": token,
+                             "published": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        return token
 
-    def check_can_start(self) -> None:
-        live = self.workers()
+    def check_can_start(self, worker: str) -> None:
+        # A key of this worker's own name is this process's, or a dead one's with the same host and pid.
+        live = {other for other in self.workers() if other != worker}
         if live:
             raise FrontierError(f"a crawl is running on the frontier {self.key} at {redacted(self.url)} "
                                 f"({len(live)} worker(s): {', '.join(sorted(live))}); add a worker to it with "
                                 f"--join, or use another index or IMGSEARCH_REDIS_KEY")
 
-    def start(self, worker: str, spider: str) -> int:
-        """Start the crawl as its first worker; returns how many requests an interrupted crawl left to resume."""
-        self.check_can_start()
-        pending = self.pending()
-        if not pending:  # what an earlier, finished crawl saw must not stop this one
-            self.server.delete(self.seen_key)
-        record = self.record()
-        if record is None or record.get("publisher") != worker or record.get("spider") != spider:
+    def start(self, worker: str, spider: str, token: str | None = None) -> int:
+        """Start the crawl as its first worker; returns how many requests an interrupted crawl left to resume.
+        With the `token` of the crawl this worker published, it starts that one, whoever has joined it since."""
+        if token is None:
             # Started without `imgsearch crawl` (scrapy crawl, Scrapyd): joining workers pass the same arguments.
-            self.server.set(self.crawl_key, json.dumps({"spider": spider, "args": None, "publisher": worker}))
-        self.heartbeat(worker, BUSY)
-        return pending
+            return self._claim(worker, {"spider": spider, "args": None, "publisher": worker,
+                                        "token": uuid.uuid4().hex})
+        try:
+            self._register(worker, token, f"the crawl this worker published on the frontier {self.key} at "
+                                          f"{redacted(self.url)} is gone or was replaced by another; start it again")
+        except FrontierError:
+            self.server.delete(self.worker_key(worker))  # registered when it published
+            raise
+        return self.pending()
 
-    def join(self, worker: str) -> dict[str, Any]:
-        """Join the recorded crawl as another worker; FrontierError when there is none."""
-        record = self._joinable()
-        self.heartbeat(worker, BUSY)
-        return record
+    def join(self, worker: str, token: str | None = None) -> dict[str, Any]:
+        """Join the recorded crawl as another worker; FrontierError when there is none, or when it is not the one
+        whose `token` this worker read its arguments from."""
+        return self._register(worker, token, f"the crawl on the frontier {self.key} ended or was replaced since "
+                                             f"this worker read its arguments: start this worker again")
 
     def recorded_arguments(self) -> dict[str, Any]:
         """The recorded crawl, for a joining `imgsearch crawl`, which needs its spider's arguments."""
-        record = self._joinable()
+        record = self._joinable(self.record())
         if record.get("args") is None:
             raise FrontierError(f"the crawl on the frontier {self.key} was started by `scrapy crawl` or Scrapyd, "
                                 f"which record no spider arguments: start this worker the same way, with the same "
                                 f"-a arguments and -s IMGSEARCH_REDIS_JOIN=true")
         return record
 
-    def _joinable(self) -> dict[str, Any]:
-        record = self.record()
+    def _joinable(self, record: dict[str, Any] | None) -> dict[str, Any]:
         if record is None:
             raise FrontierError(f"no crawl to join on the frontier {self.key} at {redacted(self.url)}: start one "
                                 f"with `imgsearch crawl URL --redis URL` (the same index)")
@@ -183,10 +197,96 @@ class Frontier:
     def leave(self, worker: str) -> bool:
         """Unregister; the last worker to leave a crawl with nothing queued deletes its keys (True then)."""
         self.server.delete(self.worker_key(worker))
-        if self.workers() or self.pending():
-            return False
-        self.server.delete(self.queue_key, self.seen_key, self.crawl_key)
-        return True
+
+        def last_out(pipe: Any) -> bool:
+            if self.workers() or pipe.zcard(self.queue_key):
+                return False
+            pipe.multi()
+            pipe.delete(self.queue_key, self.seen_key, self.crawl_key)
+            return True
+
+        return self._transaction(last_out, self.crawl_key, self.queue_key)
+
+    # Each step reads what it decides on under WATCH: a concurrent start, join or leave makes it read again
+    # instead of acting on what was true a moment before.
+    def _claim(self, worker: str, record: dict[str, Any]) -> int:
+        """Record a new crawl and register its first worker, refused while other workers are live; forgets what
+        an earlier, finished crawl saw and keeps what an interrupted one left queued (returns how many)."""
+        def claim(pipe: Any) -> int:
+            self.check_can_start(worker)
+            pending = int(pipe.zcard(self.queue_key))
+            pipe.multi()
+            if not pending:  # what an earlier, finished crawl saw must not stop this one
+                pipe.delete(self.seen_key)
+            pipe.set(self.crawl_key, json.dumps(record))
+            pipe.set(self.worker_key(worker), BUSY, ex=WORKER_TTL_SECONDS)
+            return pending
+
+        return self._transaction(claim, self.crawl_key, self.queue_key)
+
+    def _register(self, worker: str, token: str | None, replaced: str) -> dict[str, Any]:
+        """Register a worker of the recorded crawl (the one of `token`, when given: FrontierError `replaced`
+        otherwise); returns the record."""
+        def register(pipe: Any) -> dict[str, Any]:
+            data = pipe.get(self.crawl_key)
+            record = json.loads(data) if data else None
+            if token is not None and (record is None or record.get("token") != token):
+                raise FrontierError(replaced)
+            record = self._joinable(record)
+            pipe.multi()
+            # Written again, unchanged, so that a start or leave that counted the workers before this one retries.
+            pipe.set(self.crawl_key, data)
+            pipe.set(self.worker_key(worker), BUSY, ex=WORKER_TTL_SECONDS)
+            return record
+
+        return self._transaction(register, self.crawl_key)
+
+    def _transaction(self, step: Callable[[Any], T], *watched: str) -> T:
+        """Run `step(pipe)` with the `watched` keys watched, and again while another client changed them."""
+        import redis
+
+        with self.server.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*watched)
+                    result = step(pipe)
+                    if pipe.explicit_transaction:
+                        pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+
+
+class Prepared:
+    """What `prepare` read or wrote, for this process's scheduler: the crawl's token, and for a publisher a
+    thread that keeps it registered as a busy worker until its scheduler starts the crawl (joiners that came
+    first wait for it meanwhile, and a second starter is refused)."""
+
+    def __init__(self, frontier: Frontier, token: str | None, *, publisher: str | None = None) -> None:
+        self.frontier = frontier
+        self.token = token
+        self.publisher = publisher
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        if publisher is not None:
+            self._thread = threading.Thread(target=self._beat, name="frontier-publisher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(WORKER_TTL_SECONDS / 3):
+            try:
+                self.frontier.heartbeat(self.publisher, BUSY)
+            except Exception as exc:  # Redis briefly away: the next beat tries again
+                logger.warning("Could not refresh this worker's liveness in Redis: %s: %s", type(exc).__name__, exc)
+
+
+# By frontier key: what `prepare` did in this process, taken by the scheduler that opens the crawl.
+_prepared: dict[str, Prepared] = {}
 
 
 def prepare(settings: BaseSettings, spider: str | None, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -195,11 +295,12 @@ def prepare(settings: BaseSettings, spider: str | None, args: dict[str, Any]) ->
     frontier = Frontier.connect(settings.get("IMGSEARCH_REDIS_URL"), frontier_key(settings))
     if settings.getbool("IMGSEARCH_REDIS_JOIN"):
         record = frontier.recorded_arguments()
+        _prepared[frontier.key] = Prepared(frontier, record.get("token"))
         return record["spider"], record["args"]
     if spider is None:
         raise FrontierError("give start URLs or --urls-file to start a crawl, or --join to join the running one")
-    frontier.check_can_start()
-    frontier.publish(spider, args)
+    worker = this_worker()
+    _prepared[frontier.key] = Prepared(frontier, frontier.publish(worker, spider, args), publisher=worker)
     return spider, args
 
 
@@ -242,12 +343,16 @@ class SharedScheduler:
         self.queue = PriorityQueue(server=self.frontier.server, spider=spider, key=self.frontier.queue_key)
         self.seen = RFPDupeFilter(self.frontier.server, key=self.frontier.seen_key)
         where = f"{self.frontier.key} at {redacted(self.frontier.url)}"
+        prepared = _prepared.pop(self.frontier.key, None)
+        if prepared is not None:
+            prepared.stop()  # from here on, this scheduler's heartbeat keeps the worker registered
+        token = prepared.token if prepared is not None else None
         if self.join:
-            self.frontier.join(self.worker)
+            self.frontier.join(self.worker, token)
             logger.info("Joined the crawl on the shared frontier %s as worker %s: %d page(s) queued, %d seen",
                         where, self.worker, self.frontier.pending(), self.frontier.seen())
         else:
-            resumed = self.frontier.start(self.worker, spider.name)
+            resumed = self.frontier.start(self.worker, spider.name, token)
             logger.info("Started the crawl on the shared frontier %s as worker %s%s", where, self.worker,
                         f"; resuming {resumed} queued page(s) of an interrupted crawl" if resumed else "")
             self.stats.set_value("imgsearch/frontier/resumed_pages", resumed)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from crawler.sample_site import Route, SiteServer, encode, page, photo_like
+from tests.test_indexing import FaultProxy
 from tests.waiting import wait_for
 
 IMGSEARCH = [sys.executable, "-m", "cli"]
@@ -75,9 +76,9 @@ def test_start_join_and_leave_keep_and_clear_the_keys(redis_url):
     with pytest.raises(FrontierError, match="no crawl to join"):
         frontier.join("w2")
     server.sadd(frontier.seen_key, "left-over-from-a-finished-crawl")
-    frontier.publish("site", {"start_urls": "http://127.0.0.1:1/"})
-    assert frontier.start(me, "site") == 0
+    token = frontier.publish(me, "site", {"start_urls": "http://127.0.0.1:1/"})
     assert frontier.seen() == 0, "a new crawl forgets what a finished one saw"
+    assert frontier.start(me, "site", token) == 0
     assert frontier.record()["args"] == {"start_urls": "http://127.0.0.1:1/"}
     with pytest.raises(FrontierError, match="a crawl is running .* --join"):
         frontier.start("w3", "site")
@@ -94,6 +95,71 @@ def test_start_join_and_leave_keep_and_clear_the_keys(redis_url):
     server.delete(frontier.queue_key)
     assert frontier.leave("w4")
     assert server.keys("test:keys*") == []
+
+
+def test_the_publisher_starts_its_crawl_whoever_joined_it_first(redis_url):
+    from crawler.frontier import Frontier, FrontierError
+
+    frontier = Frontier.connect(redis_url, "test:first")
+    token = frontier.publish("publisher", "site", {"start_urls": "http://127.0.0.1:1/"})
+    assert frontier.join("early", token)["args"] == {"start_urls": "http://127.0.0.1:1/"}
+    with pytest.raises(FrontierError, match=r"a crawl is running .*\(2 worker\(s\): early, publisher\)"):
+        frontier.publish("second", "site", {"start_urls": "http://127.0.0.1:2/"})
+    with pytest.raises(FrontierError, match="a crawl is running"):
+        frontier.start("second", "site")
+    assert frontier.start("publisher", "site", token) == 0
+    assert frontier.workers() == {"publisher": "busy", "early": "busy"}
+    assert frontier.record()["token"] == token
+    assert not frontier.leave("publisher") and frontier.leave("early")
+
+
+def test_a_crawl_replaced_since_it_was_read_is_neither_joined_nor_started(redis_url):
+    from crawler.frontier import Frontier, FrontierError
+
+    frontier = Frontier.connect(redis_url, "test:replaced")
+    stale = frontier.publish("crashed", "site", {"start_urls": "http://127.0.0.1:1/"})
+    frontier.server.delete(frontier.worker_key("crashed"))  # its registration expired
+    fresh = frontier.publish("restarted", "site", {"start_urls": "http://127.0.0.1:2/"})
+    with pytest.raises(FrontierError, match="replaced since this worker read its arguments"):
+        frontier.join("joiner", stale)
+    with pytest.raises(FrontierError, match="is gone or was replaced by another"):
+        frontier.start("crashed", "site", stale)
+    assert frontier.workers() == {"restarted": "busy"}
+    assert frontier.start("restarted", "site", fresh) == 0
+    # A worker of the same host and pid as this one is a dead process's: its key does not stop a restart.
+    assert frontier.leave("restarted")
+    frontier.heartbeat("restarted", "busy")
+    frontier.publish("restarted", "site", {"start_urls": "http://127.0.0.1:2/"})
+    assert frontier.leave("restarted")
+
+
+def test_a_start_or_leave_that_another_worker_overtakes_reads_again(redis_url, monkeypatch):
+    """What a start or the last worker out decides on is read again when another worker changed it meanwhile:
+    here, between one's counting the live workers and its writing."""
+    from crawler.frontier import Frontier, FrontierError
+
+    first = Frontier.connect(redis_url, "test:overtaken")
+    other = Frontier.connect(redis_url, "test:overtaken")
+    counted = first.workers
+
+    def others_start_meanwhile() -> dict[str, str]:
+        live = counted()
+        if not other.workers():
+            other.publish("other", "site", {"start_urls": "http://127.0.0.1:2/"})
+        return live
+
+    monkeypatch.setattr(first, "workers", others_start_meanwhile)
+    with pytest.raises(FrontierError, match=r"\(1 worker\(s\): other\)"):
+        first.publish("first", "site", {"start_urls": "http://127.0.0.1:1/"})
+    assert first.record()["publisher"] == "other"
+
+    other.server.delete(other.worker_key("other"))
+    other.server.set(other.worker_key("leaving"), "idle")
+    assert not first.leave("leaving"), "a crawl started while the last worker left is kept"
+    assert first.record()["publisher"] == "other"
+    monkeypatch.undo()
+    assert first.workers() == {"other": "busy"}
+    assert first.leave("other")
 
 
 def test_the_addon_switches_scheduler_and_lock_only_with_a_redis_url(redis_url):
@@ -189,8 +255,29 @@ def worker_env(base: dict, **extra: str) -> dict:
             "CONCURRENT_REQUESTS_PER_DOMAIN": "3", "DOWNLOAD_TIMEOUT": "600", **extra}
 
 
+class HeldCluster(FaultProxy):
+    """Elasticsearch behind a proxy that holds every request until `release()`: a crawl process that uses it
+    stops at its first request, which `imgsearch crawl --redis` makes after publishing the crawl and before
+    starting it. `held` counts the requests that came."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        super().__init__(upstream)
+        self.held = 0
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def _serve(self, h) -> None:
+        with self.lock:
+            self.held += 1
+        self._released.wait(timeout=600)
+        super()._serve(h)
+
+
 class Workers:
-    """A first crawl process started on the frontier, and a second one joined to it once the first is running."""
+    """A first crawl process started on the frontier, and a second one joined to it once the first is running
+    (`start`) or between the first's publishing the crawl and its starting it (`join_before_start`)."""
 
     def __init__(self, redis_url: str, key: str, env: dict, folder: Path) -> None:
         self.redis_url, self.key, self.env, self.folder = redis_url, key, env, folder
@@ -203,6 +290,14 @@ class Workers:
         # Idle: its engine runs and asks the frontier for pages.
         wait_for(lambda: list(self.states().values()).count("idle") >= 1 and len(self.states()) == 2
                  or self._dead(), 240, "the second worker to join and wait for pages")
+
+    def join_before_start(self, start_url: str, held: HeldCluster) -> None:
+        self._spawn("first", start_url, "--depth", "3", "--redis", self.redis_url, env={"ES_URL": held.url})
+        wait_for(lambda: held.held or self._dead(), 240, "the first worker to publish the crawl and wait")
+        self._spawn("second", "--redis", self.redis_url, "--join")
+        wait_for(lambda: "idle" in self.states().values() or self._dead(), 240,
+                 "the second worker to join and wait for pages")
+        held.release()
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> None:
         """wait_for, failing at once with its log when a worker exits meanwhile."""
@@ -232,11 +327,11 @@ class Workers:
                 process.kill()
                 process.wait()
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, env: dict | None = None) -> None:
         log = (self.folder / f"{name}.log").open("wb")
         self.processes.append(subprocess.Popen(
-            [*IMGSEARCH, "crawl", *args, "--stats-file", str(self.folder / f"{name}.json")], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT))
+            [*IMGSEARCH, "crawl", *args, "--stats-file", str(self.folder / f"{name}.json")],
+            env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT))
 
     def _dead(self) -> bool:
         dead = [p for p in self.processes if p.poll() is not None]
@@ -294,3 +389,28 @@ def test_two_workers_share_the_frontier_and_fetch_each_page_once(redis_url, craw
     with SiteServer(routes) as site:
         stats = crawl_two_workers(site, workers, lambda: workers.start(site.url + "/"), home, pages_gate)
     assert_crawled_once(site, images, stats, es, index_alias, redis_url)
+
+
+def test_a_worker_joined_before_the_crawl_starts_does_not_stop_it(redis_url, crawl_settings_env, es, es_upstream,
+                                                                  tmp_path):
+    """The second worker registers between the first's publishing the crawl and its starting it (two workers
+    started together): the first still starts the crawl it published, and both crawl it."""
+    import uuid
+
+    from index_setup.indices import delete_indices
+
+    alias = f"test-frontier-early-{uuid.uuid4().hex[:8]}"
+    home, pages_gate = Gate(), Gate()
+    routes, images = gallery(6, 3, seed=600, home=home, pages_gate=pages_gate)
+    workers = Workers(redis_url, f"imgsearch:{alias}", worker_env({**crawl_settings_env, "IMGSEARCH_INDEX": alias}),
+                      tmp_path)
+    held = HeldCluster(es_upstream).start()
+    try:
+        with SiteServer(routes) as site:
+            stats = crawl_two_workers(site, workers, lambda: workers.join_before_start(site.url + "/", held), home,
+                                      pages_gate)
+        assert_crawled_once(site, images, stats, es, alias, redis_url)
+    finally:
+        held.release()
+        held.stop()
+        delete_indices(es, alias)
