@@ -7,6 +7,7 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -363,12 +364,22 @@ def check_store(files_store: str) -> None:
         raise CliError(f"FILES_STORE {files_store} needs {needs[0]}, which is not installed ({needs[1]})")
 
 
-class _ScrapyInfoFilter(logging.Filter):
-    """Drops Scrapy's and Twisted's info lines (middlewares enabled, telnet, stats dumps): the crawl's own
-    progress lines and summary say what matters; `-v` shows everything."""
+def _not_scrapy_info(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(("scrapy", "twisted"))
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(("scrapy", "twisted"))
+
+@contextlib.contextmanager
+def _scrapy_info_hidden(enabled: bool) -> Iterator[None]:
+    """Scrapy's and Twisted's info lines (middlewares enabled, telnet, stats dumps) left out of the log: the
+    crawl's own progress lines and summary say what matters; `-v` shows everything."""
+    handlers = logging.getLogger().handlers if enabled else []
+    for handler in handlers:
+        handler.addFilter(_not_scrapy_info)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_not_scrapy_info)
 
 
 def cmd_crawl(args: argparse.Namespace) -> int:
@@ -421,27 +432,23 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     elif not joining:
         raise CliError("give start URLs, or --urls-file FILE" + (", or --join" if shared else ""))
     if shared:
-        from crawler.frontier import FrontierError, prepare
+        from crawler.frontier import FrontierError, prepare, withdraw
 
         try:
             spider, spider_args = prepare(settings, spider, spider_args)
         except FrontierError as exc:
             raise CliError(str(exc)) from exc
-    if not settings.get("ES_URL"):
-        ensure_local_node(settings)
-    prepare_crawl(settings)
-    from cli.progress import warnings_only_on_terminal
-
-    quiet = _ScrapyInfoFilter()
-    handlers = [] if args.verbose else logging.getLogger().handlers
-    for handler in handlers:
-        handler.addFilter(quiet)
     try:
-        with warnings_only_on_terminal(enabled=not args.verbose):
+        if not settings.get("ES_URL"):
+            ensure_local_node(settings)
+        prepare_crawl(settings)
+        from cli.progress import warnings_only_on_terminal
+
+        with warnings_only_on_terminal(enabled=not args.verbose), _scrapy_info_hidden(not args.verbose):
             stats = run_crawl(settings, spider, **spider_args)
     finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
+        if shared:
+            withdraw(settings)
     print(stats.get("imgsearch/summary", "crawl ended before it started"))
     if args.stats_file:
         with open(args.stats_file, "w", encoding="utf-8") as f:

@@ -304,6 +304,18 @@ def prepare(settings: BaseSettings, spider: str | None, args: dict[str, Any]) ->
     return spider, args
 
 
+def withdraw(settings: BaseSettings) -> None:
+    """After the crawl (or its failed setup): a crawl this process published and never started is left, so that
+    it can be started again at once instead of once the publisher's registration has expired."""
+    prepared = _prepared.pop(frontier_key(settings), None)
+    if prepared is not None and prepared.publisher is not None:
+        prepared.stop()
+        try:
+            prepared.frontier.leave(prepared.publisher)
+        except Exception as exc:  # its registration expires by itself
+            logger.warning("Could not leave the unstarted crawl in Redis: %s: %s", type(exc).__name__, exc)
+
+
 class SharedScheduler:
     """Scrapy's scheduler interface over the shared frontier: scrapy-redis's priority queue and fingerprint set.
 

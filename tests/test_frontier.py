@@ -189,6 +189,18 @@ def test_join_without_a_running_crawl_is_one_line(redis_url):
         f"{redis_url}: start one with `imgsearch crawl URL --redis URL` (the same index)"]
 
 
+def test_a_start_whose_setup_fails_can_be_run_again_at_once(redis_url):
+    import redis
+
+    for _ in range(2):  # the first run published the crawl, then withdrew it: it does not stop the second
+        result = run_cli("crawl", "http://127.0.0.1:9/", "--redis", redis_url, "--index", "test-frontier-no-es",
+                         env={"ES_URL": "http://127.0.0.1:9"})
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == ["imgsearch: error: Elasticsearch is unreachable at "
+                                                      "http://127.0.0.1:9"]
+    assert redis.Redis.from_url(redis_url).keys("imgsearch:test-frontier-no-es*") == []
+
+
 def test_unreachable_redis_and_misused_flags_are_one_line():
     result = run_cli("crawl", "http://127.0.0.1:9/", "--redis", "redis://:pw-s3cret@127.0.0.1:9/0")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
