@@ -528,12 +528,13 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
-    import re
     from pathlib import Path
 
+    from pipelines.store import IMAGE_ID
+
     settings = _settings(args)
-    # An image id from a search's results (the SHA-256 of its bytes), unless a file of that name exists.
-    image_id = args.image if re.fullmatch(r"[0-9a-f]{64}", args.image) and not Path(args.image).exists() else None
+    # An image id from a search's results, unless a file of that name exists.
+    image_id = args.image if IMAGE_ID.match(args.image) and not Path(args.image).exists() else None
     searcher = _searcher(settings)
     try:
         response = searcher.find_sources(None if image_id else args.image, args.index, args.limit,

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# An image's id: the SHA-256 of its bytes, as the store and the index name it.
+IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 def local_store(files_store: str) -> Path | None:

@@ -45,6 +45,7 @@ from index_setup.client import ClusterError, cluster_info, describe_error, displ
 from index_setup.indices import IndexMissing, index_info
 from index_setup.mappings import sources_alias, urls_alias
 from pipelines.embedding import Embedder
+from pipelines.store import IMAGE_ID
 from query.builders import RESULT_FIELDS, all_sources_request
 from query.search import Searcher
 from web.errors import ServeError, classify
@@ -58,7 +59,7 @@ from web.schemas import (
     validation_message,
 )
 from web.security import COOKIE, FORM_OVERHEAD, BodyLimit, RequireToken, SecurityHeaders, token_matches, wants_json
-from web.store import IMAGE_ID, ImageStore, query_preview
+from web.store import ImageStore, query_preview
 from web.timing import TimedClient, TimedEmbedder, Timings, timed
 
 logger = logging.getLogger(__name__)

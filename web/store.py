@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 from pathlib import Path
 
 from pipelines import imaging
 from pipelines.fetch import thumbnail, thumbnail_path_for
-from pipelines.store import local_store
+from pipelines.store import IMAGE_ID, local_store
 
-IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MADE_THUMBNAILS_KEPT = 256
 
 
